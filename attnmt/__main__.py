@@ -1,0 +1,5 @@
+import sys
+
+from attnmt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,150 @@
+"""Model directories and training state on disk: safetensors for tensors, YAML/JSON for the rest, never pickles.
+
+    MODEL_DIR/
+      config.yaml            the validated config
+      model.safetensors      the best parameters (by dev BLEU)
+      spm.model | src.model + tgt.model
+      train_state/           the last step, for `attnmt train --resume`
+        model.safetensors  optimizer.safetensors  rng.safetensors  state.json
+
+Every file is written atomically (temporary file, fsync, rename); `train_state/` is written as a new folder and
+swapped in, so a crash at any moment leaves either the old state or the new one, never half of each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from attnmt.errors import CheckpointError
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+TRAIN_STATE = "train_state"
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(temporary_path)`, fsync the file, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(temporary))
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        _fsync_directory(path.parent)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    contiguous = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with tied parameters stored once (safetensors refuses shared storage)."""
+    tensors, seen = {}, {}
+    for name, tensor in model.state_dict().items():
+        key = tensor.data_ptr()
+        if key in seen and tensor.shape == seen[key].shape:
+            continue
+        seen[key] = tensor
+        tensors[name] = tensor
+    return tensors
+
+
+def save_model(path: Path, model: torch.nn.Module) -> None:
+    save_tensors(path, model_tensors(model))
+
+
+def load_model_weights(path: Path, model: torch.nn.Module) -> None:
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path} is missing: this folder holds no trained model (train one with `attnmt train`)")
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    tied = {name for name in missing if name.endswith("output.weight")}
+    if set(missing) - tied or unexpected:
+        raise CheckpointError(f"{path} does not fit the model in its config.yaml: missing {sorted(set(missing) - tied)}, "
+                              f"unexpected {sorted(unexpected)}")
+
+
+# --- optimizer state ---------------------------------------------------------------------------------------------
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer's state dict into tensors (per parameter) and JSON (hyper-parameters, scalars)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for param_id, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param_id}.{name}"] = value
+            else:
+                scalars[f"{param_id}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
+    per_param: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(info["scalars"].items()):
+        param_id, name = key.split(".", 1)
+        per_param.setdefault(int(param_id), {})[name] = value
+    return {"state": per_param, "param_groups": info["param_groups"]}
+
+
+# --- training state ----------------------------------------------------------------------------------------------
+
+def save_train_state(model_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     progress: dict[str, Any]) -> None:
+    """Write `train_state/` as a new folder, then swap it in."""
+    final = Path(model_dir) / TRAIN_STATE
+    new = final.with_name(TRAIN_STATE + ".new")
+    old = final.with_name(TRAIN_STATE + ".old")
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    optimizer_tensors, optimizer_info = optimizer_to_tensors(optimizer)
+    save_model(new / MODEL_FILE, model)
+    save_tensors(new / "optimizer.safetensors", optimizer_tensors)
+    save_tensors(new / "rng.safetensors", {"torch": torch.get_rng_state()})
+    write_text(new / "state.json", json.dumps({"optimizer": optimizer_info, **progress}, indent=1))
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    _fsync_directory(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_train_state(model_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore parameters, optimizer and RNG; return the progress dict saved with them."""
+    folder = Path(model_dir) / TRAIN_STATE
+    if not folder.is_dir() and folder.with_name(TRAIN_STATE + ".old").is_dir():
+        folder = folder.with_name(TRAIN_STATE + ".old")  # a crash between the two renames
+    if not (folder / "state.json").is_file():
+        raise CheckpointError(f"cannot resume: {folder} has no saved training state; start without --resume")
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    load_model_weights(folder / MODEL_FILE, model)
+    optimizer.load_state_dict(optimizer_from_tensors(load_file(str(folder / "optimizer.safetensors")),
+                                                     state.pop("optimizer")))
+    torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch"])
+    return state

@@ -1,0 +1,210 @@
+"""The `attnmt` command: parse the arguments, call the modules, print. Errors users cause print as one message."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from attnmt.errors import AttnmtError
+
+DEMO_CONFIG = "pkg://configs/ko_en_seed001.yaml"
+DEMO_EXAMPLES = 8
+
+
+def _overrides(pairs: list[str]) -> dict:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise AttnmtError(f"--set {pair!r}: write KEY=VALUE, e.g. --set training.max_steps=100")
+        values[key] = yaml.safe_load(value)
+    return values
+
+
+def _search_options(args) -> dict:
+    return {"beam_size": args.beam_size, "n_best": getattr(args, "n_best", None),
+            "length_penalty": args.length_penalty, "max_length_ratio": args.max_length_ratio,
+            "batch_size": args.batch_size}
+
+
+def command_train(args) -> None:
+    from attnmt.config import load_config
+    from attnmt.training import train
+
+    config = load_config(args.config, _overrides(args.set))
+    summary = train(config, Path(args.model_dir) if args.model_dir else None, resume=args.resume,
+                    show_progress=not args.quiet)
+    print(f"trained {summary['steps']} steps in {summary['seconds'] / 60:.1f} min "
+          f"({summary['target_tokens_per_second']:,.0f} target tokens/s); best dev BLEU {summary['best_dev_bleu']:.2f}; "
+          f"model in {summary['model_dir']}")
+
+
+def _read_input(path: str | None) -> list[str]:
+    from attnmt.data import read_lines
+
+    if path is None:
+        return [line.rstrip("\r\n") for line in sys.stdin]
+    return read_lines(Path(path), role="input file")
+
+
+def command_translate(args) -> None:
+    from attnmt.translator import Translator
+
+    translator = Translator.load(args.model_dir)
+    lines = _read_input(args.input)
+    chunk = 1000  # write as we go, so long inputs stream
+    for start in range(0, len(lines), chunk):
+        for result in translator.translate(lines[start:start + chunk], **_search_options(args)):
+            if args.n_best and args.n_best > 1:
+                for hypothesis in result.n_best:
+                    print(f"{hypothesis.score:.4f}\t{hypothesis.text}")
+            else:
+                print(result.text)
+        sys.stdout.flush()
+
+
+def command_evaluate(args) -> None:
+    from attnmt.config import CorpusConfig
+    from attnmt.data import read_corpus
+    from attnmt.evaluation import bleu_by_length, corpus_scores, format_report, source_word_lengths
+    from attnmt.translator import Translator
+
+    pairs = read_corpus(CorpusConfig(src=args.src, tgt=args.ref))
+    sources, references = [s for s, _ in pairs], [r for _, r in pairs]
+    translator = Translator.load(args.model_dir)
+    translations = translator.translate(sources, **_search_options(args))
+    hypotheses = [t.text for t in translations]
+    if args.output:
+        Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+    scores = corpus_scores(hypotheses, references)
+    if args.length_unit == "words":
+        lengths = source_word_lengths(sources)
+    else:
+        lengths = [len(t.source_tokens) for t in translations]
+    buckets = bleu_by_length(lengths, hypotheses, references)
+    if args.json:
+        print(json.dumps({**scores, "length_unit": args.length_unit, "bleu_by_length": buckets}, indent=1))
+    else:
+        print(format_report(scores, buckets, args.length_unit))
+
+
+def command_attention(args) -> None:
+    from attnmt.plotting import plot_attention
+    from attnmt.translator import Translator
+
+    translator = Translator.load(args.model_dir)
+    result = translator.translate([args.sentence], beam_size=args.beam_size)[0]
+    if result.attention is None:
+        raise AttnmtError(f"the model in {args.model_dir} has `attention: none`: there is no attention to draw")
+    path = plot_attention(result.attention, result.source_tokens, result.target_tokens_with_eos, args.output,
+                          title=f"{args.sentence} → {result.text}")
+    print(f"{result.text}\nheatmap written to {path}")
+
+
+def command_demo(args) -> None:
+    from attnmt.checkpoint import TRAIN_STATE
+    from attnmt.config import load_config
+    from attnmt.evaluation import corpus_scores
+    from attnmt.plotting import plot_attention
+    from attnmt.training import Trainer
+    from attnmt.translator import Translator
+
+    overrides = {"training.max_minutes": args.max_minutes} if args.max_minutes else {}
+    config = load_config(DEMO_CONFIG, overrides)
+    model_dir = Path(args.model_dir)
+    resume = (model_dir / TRAIN_STATE).exists()
+    print(f"attnmt demo: the Korean→English GRU of seed 001 (embedding {config.model.embedding_size}, "
+          f"GRU {config.model.hidden_size}, {config.model.attention.score} attention, Luong style) "
+          f"on Tatoeba kor-eng (CC BY 2.0 FR, tatoeba.org and manythings.org/anki)")
+    if resume:
+        print(f"{model_dir} already holds this demo's run: continuing it (delete the folder to start over)")
+    trainer = Trainer(config, model_dir, resume=resume)
+    summary = trainer.train()
+    translator = Translator.load(model_dir)
+    sources, references = zip(*trainer.corpora.test)
+    translations = translator.translate(list(sources), beam_size=config.search.beam_size)
+    scores = corpus_scores([t.text for t in translations], list(references))
+    print(f"\nheld-out test ({len(sources)} pairs never seen in training), beam {config.search.beam_size}: "
+          f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
+    for source, reference, translation in list(zip(sources, references, translations))[:DEMO_EXAMPLES]:
+        print(f"  ko:  {source}\n  ref: {reference}\n  out: {translation.text}\n")
+    example = max(translations[:DEMO_EXAMPLES], key=lambda t: len(t.source_tokens))
+    heatmap = plot_attention(example.attention, example.source_tokens, example.target_tokens_with_eos,
+                             model_dir / "attention.png", title=f"{sources[translations.index(example)]} → {example.text}")
+    print(f"model: {model_dir}  ({summary['steps']} steps, {summary['seconds'] / 60:.1f} min)\n"
+          f"heatmap: {heatmap}\n"
+          f"try:  attnmt translate {model_dir} <<< '나는 학생이에요.'\n"
+          f"      attnmt attention {model_dir} '나는 학생이에요.' -o heatmap.png")
+
+
+def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--beam-size", type=int, help="1 = greedy; default from the model's config")
+    parser.add_argument("--length-penalty", type=float, help="alpha of ((5 + length) / 6) ** alpha")
+    parser.add_argument("--max-length-ratio", type=float, help="stop at ratio × source length + 10 tokens")
+    parser.add_argument("--batch-size", type=int, help="sentences decoded together")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnmt", description="Sequence-to-sequence translation with attention.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("config", help="YAML config (see configs/)")
+    train.add_argument("--model-dir", help="where the model goes; default: model_dir of the config")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in the model directory")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set training.max_steps=100")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=command_train)
+
+    translate = commands.add_parser("translate", help="translate stdin (or --input) to stdout, line by line")
+    translate.add_argument("model_dir")
+    translate.add_argument("--input", help="a text file, one sentence per line; default stdin")
+    translate.add_argument("--n-best", type=int, help="print the n best hypotheses as 'score<TAB>text'")
+    _add_search_arguments(translate)
+    translate.set_defaults(run=command_translate)
+
+    evaluate = commands.add_parser("evaluate", help="sacreBLEU and chrF against references, BLEU by source length")
+    evaluate.add_argument("model_dir")
+    evaluate.add_argument("--src", required=True, help="source sentences, one per line")
+    evaluate.add_argument("--ref", required=True, help="reference translations, aligned with --src")
+    evaluate.add_argument("--output", help="also write the translations to this file")
+    evaluate.add_argument("--length-unit", choices=["words", "subwords"], default="words",
+                          help="unit of the source-length buckets")
+    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_search_arguments(evaluate)
+    evaluate.set_defaults(run=command_evaluate)
+
+    attention = commands.add_parser("attention", help="draw the attention heatmap of one translation")
+    attention.add_argument("model_dir")
+    attention.add_argument("sentence")
+    attention.add_argument("-o", "--output", default="attention.png")
+    attention.add_argument("--beam-size", type=int, default=1)
+    attention.set_defaults(run=command_attention)
+
+    demo = commands.add_parser("demo", help="train the seed-001 Korean→English model on the bundled data")
+    demo.add_argument("--model-dir", default="runs/demo")
+    demo.add_argument("--max-minutes", type=float, help="training budget; default from the demo config")
+    demo.set_defaults(run=command_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except AttnmtError as error:
+        print(f"attnmt {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The typed configuration: one YAML file, validated into these classes.
+
+Every section forbids unknown keys, and every choice is a `Literal`, so a typo or a bad value is an error that names
+the key and the allowed values (see `load_config`). Paths are taken relative to the working directory; a path that
+starts with `pkg://` points into the installed attnmt package (the bundled demo corpus).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from attnmt.errors import ConfigError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+ScoreName = Literal["dot", "scaled_dot", "general", "additive"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class CorpusConfig(Section):
+    """One side-by-side corpus: two aligned text files (`src` + `tgt`) or one TSV file with chosen columns."""
+
+    src: str | None = None
+    tgt: str | None = None
+    tsv: str | None = None
+    src_column: int = Field(0, ge=0, description="0-based TSV column of the source sentence")
+    tgt_column: int = Field(1, ge=0, description="0-based TSV column of the target sentence")
+
+    @model_validator(mode="after")
+    def _one_format(self) -> "CorpusConfig":
+        text_files = self.src is not None or self.tgt is not None
+        if self.tsv is not None and text_files:
+            raise ValueError("give either `tsv` or `src` + `tgt`, not both")
+        if self.tsv is None and (self.src is None or self.tgt is None):
+            raise ValueError("give both `src` and `tgt` (two aligned text files), or `tsv` (one file with columns)")
+        if self.tsv is not None and self.src_column == self.tgt_column:
+            raise ValueError("`src_column` and `tgt_column` must differ")
+        return self
+
+
+class SplitConfig(Section):
+    """Held-out parts cut from the training corpus when no dev/test files are given, grouped by target sentence so
+    that alternative translations of one sentence never straddle the split."""
+
+    dev_size: int = Field(300, ge=1, description="number of distinct target sentences for dev")
+    test_size: int = Field(300, ge=0, description="number of distinct target sentences for test")
+    seed: int = 1234
+
+
+class DataConfig(Section):
+    src_lang: str = "src"
+    tgt_lang: str = "tgt"
+    train: CorpusConfig
+    dev: CorpusConfig | None = None
+    test: CorpusConfig | None = None
+    split: SplitConfig | None = None
+    max_length: int = Field(80, ge=1, description="pairs longer than this many subwords on either side are dropped")
+
+    @model_validator(mode="after")
+    def _dev_given_or_split(self) -> "DataConfig":
+        if self.dev is None and self.split is None:
+            raise ValueError("give a `dev` corpus, or a `split` section to cut dev/test from `train`")
+        if self.dev is not None and self.split is not None:
+            raise ValueError("give either a `dev` corpus or a `split` section, not both")
+        return self
+
+
+class TokenizerConfig(Section):
+    """Subwords from sentencepiece: trained on the training data, or existing model files."""
+
+    joint: bool = Field(True, description="one vocabulary for source and target")
+    vocab_size: int = Field(8000, ge=16)
+    model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"
+    character_coverage: float = Field(1.0, gt=0.0, le=1.0)
+    src_model: str | None = Field(None, description="existing sentencepiece model for the source (or joint) side")
+    tgt_model: str | None = Field(None, description="existing sentencepiece model for the target side")
+    lowercase: bool = False
+
+
+class AttentionConfig(Section):
+    score: ScoreName = "dot"
+    hidden_size: int | None = Field(None, ge=1, description="size of the additive scorer's hidden layer")
+
+
+class ModelConfig(Section):
+    type: Literal["rnn"] = "rnn"
+    cell: Literal["rnn", "lstm", "gru"] = "gru"
+    embedding_size: int = Field(256, ge=1)
+    hidden_size: int = Field(512, ge=1, description="decoder state size; encoder size per direction, see below")
+    encoder_hidden_size: int | None = Field(None, ge=1, description="per direction; default hidden_size")
+    encoder_layers: int = Field(1, ge=1)
+    decoder_layers: int = Field(1, ge=1)
+    bidirectional: bool = False
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    attention: AttentionConfig | Literal["none"] = Field(default_factory=AttentionConfig)
+    decoder_style: Literal["luong", "bahdanau"] = "luong"
+    combine: Literal["concat", "add"] = "concat"
+    input_feeding: bool = False
+    tie_target_embeddings: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _attention_shorthand(cls, data: Any) -> Any:
+        # `attention: additive` is shorthand for `attention: {score: additive}`.
+        if isinstance(data, dict) and isinstance(data.get("attention"), str) and data["attention"] != "none":
+            data = {**data, "attention": {"score": data["attention"]}}
+        return data
+
+    @property
+    def uses_attention(self) -> bool:
+        return self.attention != "none"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelConfig":
+        if not self.uses_attention and self.input_feeding:
+            raise ValueError("`input_feeding` feeds the attentional state back; it needs an attention score, "
+                             "not `attention: none`")
+        if self.decoder_style == "bahdanau" and self.input_feeding:
+            raise ValueError("`input_feeding` belongs to the Luong decoder; the Bahdanau decoder already feeds "
+                             "the context into the RNN input")
+        return self
+
+
+class TrainingConfig(Section):
+    seed: int = 1
+    batch_tokens: int = Field(2000, ge=1, description="token budget of one batch (max of source/target length × sentences)")
+    max_steps: int | None = Field(None, ge=1)
+    max_epochs: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of this run")
+    learning_rate: float = Field(1e-3, gt=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "plateau"] = "plateau"
+    warmup_steps: int = Field(0, ge=0)
+    plateau_patience: int = Field(2, ge=0, description="validations without improvement before the rate is cut")
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    min_learning_rate: float = Field(1e-5, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    clip_grad_norm: float | None = Field(1.0, gt=0)
+    validate_every: int = Field(500, ge=1, description="steps between validations (loss + BLEU) and checkpoints")
+    validation_beam_size: int = Field(1, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1, description="validations without a better dev BLEU")
+    log_every: int = Field(50, ge=1)
+    tensorboard: bool = True
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: what torch picks")
+
+    @model_validator(mode="after")
+    def _some_stop(self) -> "TrainingConfig":
+        if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
+            raise ValueError("give at least one of `max_steps`, `max_epochs`, `max_minutes`")
+        return self
+
+
+class SearchConfig(Section):
+    """Defaults for translation; the CLI and the API can override each."""
+
+    beam_size: int = Field(5, ge=1)
+    length_penalty: float = Field(1.0, ge=0, description="alpha of ((5 + length) / 6) ** alpha (Wu et al. 2016)")
+    max_length_ratio: float = Field(2.0, gt=0, description="hypotheses stop at ratio × source length + 10")
+    n_best: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1, description="sentences translated together")
+
+
+class Config(Section):
+    name: str = "model"
+    model_dir: str = "runs/model"
+    data: DataConfig
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def resolve_path(path: str) -> Path:
+    """`pkg://demo/kor-eng.tsv` → a file inside the installed package; anything else as given."""
+    if path.startswith("pkg://"):
+        return PACKAGE_ROOT / path[len("pkg://"):]
+    return Path(path)
+
+
+def _section_keys(location: tuple) -> list[str]:
+    """The keys allowed in the section that holds `location` (for 'unknown key' messages)."""
+    section: type[BaseModel] = Config
+    for part in location[:-1]:
+        field = section.model_fields.get(str(part))
+        candidates = [t for t in getattr(field.annotation, "__args__", (field.annotation,))
+                      if isinstance(t, type) and issubclass(t, BaseModel)] if field else []
+        if not candidates:
+            return []
+        section = candidates[0]
+    return list(section.model_fields)
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"`{where}`: unknown key; allowed here: {', '.join(_section_keys(error['loc']))}"
+    if kind == "literal_error":
+        allowed = error.get("ctx", {}).get("expected", "")
+        return f"`{where}`: {error['input']!r} is not allowed; choose one of {allowed}"
+    if kind == "missing":
+        return f"`{where}`: required key is missing"
+    return f"`{where}`: {error['msg']} (got {error.get('input')!r})"
+
+
+def parse_config(data: Any, origin: str = "config") -> Config:
+    """Validate a dict (from YAML) into a `Config`, or raise `ConfigError` naming each bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of sections (data, model, training, ...)")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        problems = "\n  ".join(_describe(e) for e in error.errors())
+        raise ConfigError(f"{origin} is not a valid attnmt config:\n  {problems}") from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> Config:
+    """Read and validate a YAML config; `overrides` are merged over it (dotted keys, e.g. {"training.max_steps": 10})."""
+    path = resolve_path(str(path))
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    for dotted, value in (overrides or {}).items():
+        section = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            section = section.setdefault(key, {})
+        section[leaf] = value
+    return parse_config(data, origin=str(path))

@@ -1,0 +1,149 @@
+"""Reading parallel corpora (two aligned text files or one TSV file) and cutting held-out parts from them.
+
+Files are read in binary, one line at a time, and each line is decoded on its own, so that an encoding error can be
+reported with its exact line number and byte offset. Only `\\n` ends a line (a `\\r` before it is stripped), so
+Unicode line separators inside a sentence never shift the alignment of two files.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from attnmt.config import CorpusConfig, resolve_path
+from attnmt.errors import CorpusError
+
+Pair = tuple[str, str]
+
+_BOM = "\ufeff"
+
+
+def _check_exists(path: Path, role: str) -> None:
+    """Raise `CorpusError` unless `path` is an existing regular file."""
+    if not path.exists():
+        raise CorpusError(
+            f"{role} {path} does not exist; check the path in the config's `data` section "
+            f"(relative paths are taken from the working directory {os.getcwd()})"
+        )
+    if not path.is_file():
+        raise CorpusError(f"{role} {path} is not a regular file; point the config's `data` section at a text file")
+
+
+def _decode_line(raw: bytes, path: Path, line_number: int, file_offset: int) -> str:
+    """Decode one line as strict UTF-8, or raise `CorpusError` naming the file, line and byte offset."""
+    try:
+        return raw.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as error:
+        bad = raw[error.start:error.end].hex(" ")
+        raise CorpusError(
+            f"{path}, line {line_number}: byte {error.start} of the line (byte {file_offset + error.start} of the "
+            f"file, value 0x{bad}) is not valid UTF-8; re-encode the file as UTF-8, "
+            f"e.g. `iconv -f CP949 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}` (use its real encoding)"
+        ) from None
+
+
+def read_lines(path: Path, role: str = "corpus file") -> list[str]:
+    """All lines of a UTF-8 file, line endings (`\\n`, `\\r\\n`) and a leading byte-order mark removed.
+
+    Surrounding whitespace is kept (a TSV line may start with an empty column); callers strip their fields.
+    """
+    _check_exists(path, role)
+    lines: list[str] = []
+    offset = 0
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            text = _decode_line(raw, path, line_number, offset)
+            offset += len(raw)
+            if line_number == 1 and text.startswith(_BOM):
+                text = text[len(_BOM):]
+            lines.append(text.rstrip("\r\n"))
+    return lines
+
+
+def _read_text_pair(src_path: Path, tgt_path: Path) -> list[Pair]:
+    """Pairs from two aligned text files: line i of one translates line i of the other."""
+    sources = read_lines(src_path, "source file")
+    targets = read_lines(tgt_path, "target file")
+    if len(sources) != len(targets):
+        raise CorpusError(
+            f"the source file {src_path} has {len(sources)} lines but the target file {tgt_path} has "
+            f"{len(targets)} lines; the two files must be aligned line by line (line i of one is the translation "
+            f"of line i of the other): find the missing or extra lines, or give one TSV file instead"
+        )
+    return [(src.strip(), tgt.strip()) for src, tgt in zip(sources, targets)]
+
+
+def _split_tsv_line(line: str, path: Path, line_number: int, src_column: int, tgt_column: int) -> Pair:
+    """The (source, target) fields of one TSV line; a blank line gives an empty pair (dropped later)."""
+    if not line.strip():
+        return "", ""
+    fields = line.split("\t")
+    needed = max(src_column, tgt_column) + 1
+    if len(fields) < needed:
+        raise CorpusError(
+            f"{path}, line {line_number}: found {len(fields)} tab-separated column(s) but need at least {needed} "
+            f"(src_column={src_column}, tgt_column={tgt_column}, counted from 0); fix the line, or set "
+            f"`src_column`/`tgt_column` in the config to the columns the file has"
+        )
+    return fields[src_column].strip(), fields[tgt_column].strip()
+
+
+def _read_tsv(path: Path, src_column: int, tgt_column: int) -> list[Pair]:
+    """Pairs from the chosen 0-based columns of a tab-separated file."""
+    lines = read_lines(path, "TSV file")
+    return [
+        _split_tsv_line(line, path, line_number, src_column, tgt_column)
+        for line_number, line in enumerate(lines, start=1)
+    ]
+
+
+def read_corpus(spec: CorpusConfig) -> list[Pair]:
+    """Read the (source, target) pairs a `CorpusConfig` describes, each field stripped of surrounding whitespace.
+
+    Raises `CorpusError` for a missing file, bytes that are not UTF-8, two text files of different lengths, or a TSV
+    line with too few columns. Empty fields are kept; see `drop_empty_pairs`.
+    """
+    if spec.tsv is not None:
+        return _read_tsv(resolve_path(spec.tsv), spec.src_column, spec.tgt_column)
+    assert spec.src is not None and spec.tgt is not None  # guaranteed by CorpusConfig's validator
+    return _read_text_pair(resolve_path(spec.src), resolve_path(spec.tgt))
+
+
+def drop_empty_pairs(pairs: list[Pair]) -> tuple[list[Pair], int]:
+    """Keep the pairs whose source and target are both non-empty; return them and how many were dropped."""
+    kept = [(src, tgt) for src, tgt in pairs if src and tgt]
+    return kept, len(pairs) - len(kept)
+
+
+def _distinct_targets(pairs: list[Pair]) -> list[str]:
+    """The distinct target sentences in order of first appearance (a deterministic order to shuffle)."""
+    return list(dict.fromkeys(tgt for _, tgt in pairs))
+
+
+def split_by_target(
+    pairs: list[Pair], dev_size: int, test_size: int, seed: int
+) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """Cut (train, dev, test) from `pairs`, grouped by target sentence.
+
+    The distinct target sentences are shuffled with `random.Random(seed)`; the first `dev_size` go to dev, the next
+    `test_size` to test, the rest to train. Every pair of one target sentence lands in the same part, so alternative
+    source sentences of one translation never straddle the split. Each part keeps the corpus order.
+    """
+    if dev_size < 0 or test_size < 0:
+        raise CorpusError(f"dev_size ({dev_size}) and test_size ({test_size}) must not be negative")
+    targets = _distinct_targets(pairs)
+    needed = dev_size + test_size + 1
+    if len(targets) < needed:
+        raise CorpusError(
+            f"cannot split off {dev_size} dev and {test_size} test target sentences: the corpus has only "
+            f"{len(targets)} distinct target sentences (need at least {needed}, leaving one for training); "
+            f"lower `data.split.dev_size`/`data.split.test_size` or give a `dev` corpus"
+        )
+    random.Random(seed).shuffle(targets)
+    part_of = {tgt: 1 for tgt in targets[:dev_size]}
+    part_of.update({tgt: 2 for tgt in targets[dev_size:dev_size + test_size]})
+    parts: tuple[list[Pair], list[Pair], list[Pair]] = ([], [], [])
+    for pair in pairs:
+        parts[part_of.get(pair[1], 0)].append(pair)
+    return parts

@@ -1,0 +1,179 @@
+"""Search: turn a model's next-token distributions into translations.
+
+Both searches work on a batch of sentences through the model interface of `attnmt.models`
+(`encode`, `start_state`, `step`), so every model family shares them.
+
+    greedy   y_t = argmax_y log p(y | y_<t, x)
+    beam     keep the k best prefixes by Σ log p; a finished hypothesis is ranked by
+             score / lp(|y|), lp(n) = ((5 + n) / 6)^α      (Wu et al. 2016, α = length_penalty)
+
+A hypothesis stops at EOS or at max_length_ratio × source length + 10 tokens.
+Each result carries its tokens, its model score Σ log p (EOS included) and its attention matrix [T, S].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attnmt.data.tokenizer import BOS_ID, EOS_ID
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # target ids without BOS/EOS
+    score: float  # Σ log p(y_t | y_<t, x), the EOS step included
+    attention: np.ndarray | None  # [len(tokens) + 1, source length]: one row per step, the EOS step last
+    normalized_score: float  # score / lp(len), what the beam ranks by
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """lp(n) = ((5 + n) / 6)^α (Wu et al. 2016); α = 0 ranks by the raw log-probability."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def max_lengths(src_mask: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Per sentence: the most target tokens a hypothesis may have before it is stopped. [B]"""
+    return (src_mask.sum(dim=1).float() * ratio).ceil().long() + 10
+
+
+def select(tensors: State, index: torch.Tensor) -> State:
+    """Pick (and reorder) batch rows of every tensor of a state or memory."""
+    return {name: tensor.index_select(0, index) for name, tensor in tensors.items()}
+
+
+def _source_lengths(src_mask: torch.Tensor) -> list[int]:
+    return src_mask.sum(dim=1).tolist()
+
+
+def _force_end(log_probs: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+    """Rows that reached their length limit may only choose EOS (with the model's own log-probability for it)."""
+    eos = log_probs[:, EOS_ID].clone()
+    log_probs = log_probs.masked_fill(forced.unsqueeze(1), float("-inf"))
+    log_probs[:, EOS_ID] = torch.where(forced, eos, log_probs[:, EOS_ID])
+    return log_probs
+
+
+def _attention_matrix(history: list[torch.Tensor] | None, source_length: int) -> np.ndarray | None:
+    if history is None:
+        return None
+    return torch.stack(history).float().cpu().numpy()[:, :source_length]  # [T, S]
+
+
+@torch.inference_mode()
+def greedy_search(model, src: torch.Tensor, src_mask: torch.Tensor, max_length_ratio: float = 2.0
+                  ) -> list[list[Hypothesis]]:
+    """y_t = argmax log p(y | y_<t, x) for a batch of sentences; one hypothesis per sentence."""
+    batch = src.size(0)
+    memory = model.encode(src, src_mask)
+    state = model.start_state(memory)
+    limits = max_lengths(src_mask, max_length_ratio)  # [B]
+    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
+    scores = torch.zeros(batch, dtype=torch.float64, device=src.device)
+    steps, weights_per_step = [], []
+    for t in range(int(limits.max()) + 1):
+        log_probs, state, weights = model.step(prev, state, memory)  # [B, V], [B, S]
+        log_probs = _force_end(log_probs, limits <= t)
+        best_score, best = log_probs.max(dim=-1)  # [B]
+        scores += best_score.double().masked_fill(finished, 0.0)
+        best = best.masked_fill(finished, EOS_ID)
+        steps.append(best)
+        weights_per_step.append(weights)
+        finished |= best == EOS_ID
+        prev = best
+        if bool(finished.all()):
+            break
+    tokens = torch.stack(steps, dim=1).tolist()  # [B, T]
+    source_lengths = _source_lengths(src_mask)
+    results = []
+    for i in range(batch):
+        length = tokens[i].index(EOS_ID)
+        history = None if weights_per_step[0] is None else [w[i] for w in weights_per_step[:length + 1]]
+        score = float(scores[i])
+        results.append([Hypothesis(tokens[i][:length], score, _attention_matrix(history, source_lengths[i]),
+                                   score / length_penalty(length + 1, 0.0))])
+    return results
+
+
+@torch.inference_mode()
+def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam_size: int = 5,
+                length_penalty_alpha: float = 1.0, max_length_ratio: float = 2.0, n_best: int = 1
+                ) -> list[list[Hypothesis]]:
+    """Beam search for a batch of sentences: B × k rows decoded together. Returns the n_best hypotheses per sentence,
+    best first by score / lp(length).
+
+    Each step takes the 2k best extensions of the k alive prefixes: those that end in EOS among the top k are
+    finished, the best k that do not end continue. A sentence is done when it has k finished hypotheses and no alive
+    prefix can still beat the k-th best of them (scores only fall as a prefix grows, so the best an alive prefix can
+    reach is its score / lp(length limit)).
+    """
+    if n_best > beam_size:
+        raise ValueError(f"n_best ({n_best}) cannot exceed beam_size ({beam_size})")
+    batch, k, device = src.size(0), beam_size, src.device
+    rows = torch.arange(batch, device=device).repeat_interleave(k)  # sentence of each row [B·k]
+    memory = select(model.encode(src, src_mask), rows)
+    state = model.start_state(memory)
+    limits = max_lengths(src_mask, max_length_ratio).repeat_interleave(k)  # [B·k]
+    source_lengths = _source_lengths(src_mask)
+    sentence_limits = limits.view(batch, k)[:, 0].tolist()
+
+    alive_scores = torch.full((batch, k), float("-inf"), dtype=torch.float64, device=device)
+    alive_scores[:, 0] = 0.0  # all beams start as the same empty prefix: keep one
+    alive_tokens = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # [B·k, t]
+    alive_attention: list[torch.Tensor] | None = []  # per step [B·k, S], reordered as beams move
+    prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    for t in range(int(limits.max()) + 1):
+        log_probs, state, weights = model.step(prev, state, memory)  # [B·k, V], [B·k, S]
+        log_probs = _force_end(log_probs, limits <= t).double()
+        vocab = log_probs.size(-1)
+        candidates = (alive_scores.view(-1, 1) + log_probs).view(batch, k * vocab)  # [B, k·V]
+        top_scores, top_ids = candidates.topk(min(2 * k, k * vocab), dim=1)  # [B, 2k]
+        origin = top_ids // vocab  # beam each candidate extends
+        token = top_ids % vocab
+        is_eos = token == EOS_ID
+        step_attention = alive_attention if weights is not None else None
+
+        # Finish: EOS candidates among the top k, for sentences not yet done.
+        finishing = is_eos[:, :k] & torch.isfinite(top_scores[:, :k]) & ~done.unsqueeze(1)
+        for b, j in finishing.nonzero().tolist():
+            row = b * k + int(origin[b, j])
+            length = t + 1  # tokens so far plus EOS
+            history = None if step_attention is None else [a[row] for a in step_attention] + [weights[row]]
+            score = float(top_scores[b, j])
+            finished[b].append(Hypothesis(alive_tokens[row].tolist(), score,
+                                          _attention_matrix(history, source_lengths[b]),
+                                          score / length_penalty(length, length_penalty_alpha)))
+
+        # Continue: the best k candidates that do not end here.
+        rank = is_eos.long() * top_ids.size(1) + torch.arange(top_ids.size(1), device=device)
+        keep = rank.argsort(dim=1)[:, :k]  # [B, k]
+        alive_scores = top_scores.gather(1, keep).masked_fill(is_eos.gather(1, keep), float("-inf"))
+        best_reachable = alive_scores.max(dim=1).values.tolist()  # [B]
+        for b, hypotheses in enumerate(finished):
+            if len(hypotheses) >= k:
+                kth_best = sorted((h.normalized_score for h in hypotheses), reverse=True)[k - 1]
+                if kth_best >= best_reachable[b] / length_penalty(sentence_limits[b] + 1, length_penalty_alpha):
+                    done[b] = True
+        alive_scores = alive_scores.masked_fill(done.unsqueeze(1), float("-inf"))
+        parents = (origin.gather(1, keep) + torch.arange(batch, device=device).unsqueeze(1) * k).view(-1)
+        prev = token.gather(1, keep).view(-1)
+        alive_tokens = torch.cat([alive_tokens.index_select(0, parents), prev.unsqueeze(1)], dim=1)
+        if weights is not None:
+            alive_attention = [a.index_select(0, parents) for a in alive_attention] + [weights.index_select(0, parents)]
+        state = select(state, parents)
+        if bool(done.all()):
+            break
+
+    results = []
+    for hypotheses in finished:
+        hypotheses.sort(key=lambda h: h.normalized_score, reverse=True)
+        results.append(hypotheses[:n_best])
+    return results

@@ -1,0 +1,104 @@
+"""Translator: a trained model directory, ready to translate sentences and show where it looked.
+
+    >>> translator = Translator.load("runs/demo")
+    >>> result = translator.translate(["나는 학생이다."], beam_size=5)[0]
+    >>> result.text, result.tokens, result.source_tokens, result.attention.shape, result.score
+
+The CLI, the evaluation and the training loop's validation all translate through this class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnmt import checkpoint
+from attnmt.config import Config, load_config
+from attnmt.data import Tokenizer
+from attnmt.data.batching import pad_sequences
+from attnmt.errors import CheckpointError
+from attnmt.models import build_model
+from attnmt.search import Hypothesis, beam_search, greedy_search
+
+
+@dataclass
+class Translation:
+    """One hypothesis for one source sentence."""
+
+    text: str  # detokenized
+    tokens: list[str]  # target subwords
+    source_tokens: list[str]  # source subwords
+    attention: np.ndarray | None  # [len(tokens) + 1, len(source_tokens)]: rows are target steps, EOS last
+    score: float  # model log-probability Σ log p(y_t | y_<t, x)
+    n_best: list["Translation"] = field(default_factory=list)  # all hypotheses asked for, best first (self included)
+
+    @property
+    def target_tokens_with_eos(self) -> list[str]:
+        """Labels for the rows of `attention`."""
+        return self.tokens + ["</s>"]
+
+
+class Translator:
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "Translator":
+        """Load config.yaml, the tokenizer and model.safetensors from a model directory."""
+        model_dir = Path(model_dir)
+        if not (model_dir / checkpoint.CONFIG_FILE).is_file():
+            raise CheckpointError(f"{model_dir} is not an attnmt model directory: {checkpoint.CONFIG_FILE} is missing")
+        config = load_config(model_dir / checkpoint.CONFIG_FILE)
+        tokenizer = Tokenizer.load(model_dir)
+        model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+        checkpoint.load_model_weights(model_dir / checkpoint.MODEL_FILE, model)
+        model.eval()
+        return cls(model, tokenizer, config)
+
+    def _translation(self, hypothesis: Hypothesis, source_ids: list[int]) -> Translation:
+        return Translation(text=self.tokenizer.decode_target(hypothesis.tokens),
+                           tokens=self.tokenizer.target_pieces(hypothesis.tokens),
+                           source_tokens=self.tokenizer.source_pieces(source_ids),
+                           attention=hypothesis.attention, score=hypothesis.score)
+
+    def translate(self, sentences: list[str], beam_size: int | None = None, n_best: int | None = None,
+                  length_penalty: float | None = None, max_length_ratio: float | None = None,
+                  batch_size: int | None = None) -> list[Translation]:
+        """Translate sentences in batches of similar length; results come back in input order.
+
+        beam_size 1 is greedy search. An empty (or blank) sentence gives an empty translation.
+        """
+        search = self.config.search
+        beam_size = beam_size or search.beam_size
+        n_best = n_best or search.n_best
+        length_penalty = search.length_penalty if length_penalty is None else length_penalty
+        max_length_ratio = max_length_ratio or search.max_length_ratio
+        batch_size = batch_size or search.batch_size
+        was_training = self.model.training
+        self.model.eval()
+        source_ids = self.tokenizer.encode_source([s.strip() for s in sentences])
+        results: list[Translation | None] = [None] * len(sentences)
+        order = sorted((i for i, ids in enumerate(source_ids) if ids), key=lambda i: len(source_ids[i]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            src, src_mask = pad_sequences([source_ids[i] for i in chunk])
+            if beam_size == 1:
+                hypotheses = greedy_search(self.model, src, src_mask, max_length_ratio)
+            else:
+                hypotheses = beam_search(self.model, src, src_mask, beam_size, length_penalty, max_length_ratio,
+                                         min(n_best, beam_size))
+            for i, sentence_hypotheses in zip(chunk, hypotheses):
+                translations = [self._translation(h, source_ids[i]) for h in sentence_hypotheses]
+                best = translations[0]
+                best.n_best = translations
+                results[i] = best
+        for i, result in enumerate(results):
+            if result is None:
+                results[i] = Translation("", [], [], np.zeros((0, 0), dtype=np.float32), 0.0)
+        self.model.train(was_training)
+        return results

@@ -1,0 +1,138 @@
+"""Multi30k de→en: train each config for the same wall-clock budget, then measure it on test2016.
+
+    python benchmarks/multi30k.py                      # both RNN configs, 30 minutes each
+    python benchmarks/multi30k.py --minutes 5 --configs configs/multi30k_de_en_rnn.yaml
+
+Per config: test2016 sacreBLEU (detokenized, cased; greedy and beam 5), train target tokens/s, greedy and beam-5
+sentences/s, peak resident memory. Each config runs in its own process, so peak memory is its own. Results go to
+benchmarks/results/multi30k.json and to the Multi30k section of docs/benchmarks.md, with the machine described.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from attnmt.evaluation import markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIGS = ["configs/multi30k_de_en_rnn.yaml", "configs/multi30k_de_en_none.yaml"]
+DATA = ROOT.parent / "shared" / "data" / "multi30k"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {platform.system()} {platform.machine()}")
+
+
+def measure_one(config_path: str, minutes: float, model_dir: Path) -> dict:
+    """Train and measure one config in this process."""
+    from attnmt.config import load_config
+    from attnmt.data import read_corpus
+    from attnmt.evaluation import corpus_scores
+    from attnmt.training import Trainer
+    from attnmt.translator import Translator
+
+    config = load_config(config_path, {"training.max_minutes": minutes, "training.tensorboard": False})
+    summary = Trainer(config, model_dir, resume=False, show_progress=False).train()
+    translator = Translator.load(model_dir)
+    sources, references = zip(*read_corpus(config.data.test))
+    row = {"config": Path(config_path).name, "attention": "none" if not config.model.uses_attention
+           else f"{config.model.attention.score} ({config.model.decoder_style})",
+           "parameters": sum(p.numel() for p in translator.model.parameters()),
+           "train_minutes": round(summary["seconds"] / 60, 1), "steps": summary["steps"],
+           "epochs": summary["epochs"],
+           "train_tgt_tokens_per_s": round(summary["target_tokens_per_second"]),
+           "best_dev_bleu": round(summary["best_dev_bleu"], 2)}
+    for name, beam in (("greedy", 1), ("beam5", 5)):
+        started = time.perf_counter()
+        hypotheses = [t.text for t in translator.translate(list(sources), beam_size=beam)]
+        seconds = time.perf_counter() - started
+        scores = corpus_scores(hypotheses, list(references))
+        row[f"{name}_sentences_per_s"] = round(len(sources) / seconds, 1)
+        row[f"test2016_bleu_{name}"] = round(scores["bleu"], 2)
+        row["bleu_signature"] = scores["bleu_signature"]
+    row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return row
+
+
+COLUMNS = [("config", "config"), ("attention", "attention"), ("parameters", "params"),
+           ("train_minutes", "train min"), ("steps", "steps"), ("epochs", "epochs"),
+           ("train_tgt_tokens_per_s", "train tgt tok/s"), ("test2016_bleu_greedy", "BLEU greedy"),
+           ("test2016_bleu_beam5", "BLEU beam 5"), ("greedy_sentences_per_s", "greedy sent/s"),
+           ("beam5_sentences_per_s", "beam-5 sent/s"), ("peak_rss_mib", "peak RSS MiB")]
+BEGIN, END = "<!-- multi30k:begin -->", "<!-- multi30k:end -->"
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    section = "\n".join([
+        BEGIN,
+        "## Multi30k de→en, RNN with and without attention (core issue)",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Machine: {results['machine']}, {results['threads']} torch threads.  ",
+        f"Budget: {results['minutes']} minutes of training per config (wall clock, validations included); "
+        "test2016, 1,000 sentences; sacreBLEU `" + results["rows"][0]["bleu_signature"] + "`.",
+        "",
+        markdown_table(results["rows"], COLUMNS),
+        END,
+    ])
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\nEvery number here comes from a command in this repository; rerun it to check.\n"
+    if BEGIN in text:
+        before, rest = text.split(BEGIN, 1)
+        text = before + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per config")
+    parser.add_argument("--work-dir", default="runs/benchmark_multi30k")
+    parser.add_argument("--json", default="benchmarks/results/multi30k.json")
+    parser.add_argument("--markdown", default="docs/benchmarks.md")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config in this process
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure_one(args.one, args.minutes, Path(args.work_dir))))
+        return
+    if not DATA.is_dir():
+        sys.exit(f"Multi30k not found at {DATA}: this benchmark reads ../shared/data/multi30k beside the repository")
+    rows = []
+    for config in args.configs:
+        model_dir = Path(args.work_dir) / Path(config).stem
+        if model_dir.exists():
+            sys.exit(f"{model_dir} exists: remove it or pass another --work-dir (nothing was overwritten)")
+        print(f"training {config} for {args.minutes} minutes into {model_dir} ...", flush=True)
+        output = subprocess.run([sys.executable, __file__, "--one", config, "--minutes", str(args.minutes),
+                                 "--work-dir", str(model_dir)], check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(output.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    results = {"command": "python " + " ".join(["benchmarks/multi30k.py"] + sys.argv[1:]), "machine": machine(),
+               "threads": torch.get_num_threads(), "minutes": args.minutes, "rows": rows}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
+    write_markdown(results, Path(args.markdown))
+    print(markdown_table(rows, COLUMNS))
+
+
+if __name__ == "__main__":
+    main()
