@@ -135,6 +135,11 @@ def save_train_state(model_dir: Path, model: torch.nn.Module, optimizer: torch.o
     shutil.rmtree(old, ignore_errors=True)
 
 
+def has_train_state(model_dir: Path) -> bool:
+    """Whether the folder holds a run to resume (`.old`: a crash came between the two renames of a save)."""
+    return any((Path(model_dir) / name).is_dir() for name in (TRAIN_STATE, TRAIN_STATE + ".old"))
+
+
 def load_train_state(model_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore parameters, optimizer and RNG; return the progress dict saved with them."""
     folder = Path(model_dir) / TRAIN_STATE

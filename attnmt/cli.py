@@ -98,6 +98,8 @@ def command_attention(args) -> None:
 
     translator = Translator.load(args.model_dir)
     result = translator.translate([args.sentence], beam_size=args.beam_size)[0]
+    if not result.source_tokens:
+        raise AttnmtError(f"the sentence {args.sentence!r} is empty: there is no attention to draw")
     if result.attention is None:
         raise AttnmtError(f"the model in {args.model_dir} has `attention: none`: there is no attention to draw")
     path = plot_attention(result.attention, result.source_tokens, result.target_tokens_with_eos, args.output,
@@ -106,7 +108,7 @@ def command_attention(args) -> None:
 
 
 def command_demo(args) -> None:
-    from attnmt.checkpoint import TRAIN_STATE
+    from attnmt.checkpoint import has_train_state
     from attnmt.config import load_config
     from attnmt.evaluation import corpus_scores
     from attnmt.plotting import plot_attention
@@ -116,7 +118,7 @@ def command_demo(args) -> None:
     overrides = {"training.max_minutes": args.max_minutes} if args.max_minutes else {}
     config = load_config(DEMO_CONFIG, overrides)
     model_dir = Path(args.model_dir)
-    resume = (model_dir / TRAIN_STATE).exists()
+    resume = has_train_state(model_dir)
     print(f"attnmt demo: the Korean→English GRU of seed 001 (embedding {config.model.embedding_size}, "
           f"GRU {config.model.hidden_size}, {config.model.attention.score} attention, Luong style) "
           f"on Tatoeba kor-eng (CC BY 2.0 FR, tatoeba.org and manythings.org/anki)")

@@ -17,7 +17,11 @@ from attnmt.errors import ConfigError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
-ScoreName = Literal["dot", "scaled_dot", "general", "additive"]
+ScoreName = Literal["similarity", "dot", "scaled_dot", "general", "biased_general", "activated_general", "concat",
+                    "additive", "deep", "location"]
+NormalizerName = Literal["softmax", "sparsemax", "entmax15"]
+WindowName = Literal["none", "local_m", "local_p"]
+ActivationName = Literal["tanh", "relu", "sigmoid", "gelu"]
 
 
 class Section(BaseModel):
@@ -85,8 +89,25 @@ class TokenizerConfig(Section):
 
 
 class AttentionConfig(Section):
+    """The attention module (`attnmt.attention.build`): score, normalizer, window, and the scorer's own options.
+
+    The scorer options left unset (None) take the scorer's default; set for a score that does not use them, they are
+    an error that names the scores using them.
+    """
+
     score: ScoreName = "dot"
-    hidden_size: int | None = Field(None, ge=1, description="size of the additive scorer's hidden layer")
+    normalizer: NormalizerName = "softmax"
+    temperature: float = Field(1.0, gt=0, description="the normalizer sees energies / temperature")
+    window: WindowName = Field("none", description="local attention (Luong et al. 2015) around an aligned position")
+    window_size: int = Field(10, ge=1, description="D: a local window covers [p_t - D, p_t + D], sigma = D / 2")
+    hidden_size: int | None = Field(None, ge=1, description="hidden layer of concat, additive, deep; default the "
+                                                            "decoder state size")
+    activation: ActivationName | None = Field(None, description="act of activated_general, concat, additive, deep; "
+                                                                "default tanh")
+    depth: int | None = Field(None, ge=1, description="layers of the deep scorer's MLP; default 2")
+    learn_temperature: bool | None = Field(None, description="similarity: learn the cosine's temperature; default no")
+    max_source_length: int | None = Field(None, ge=1, description="location: source positions it scores; default "
+                                                                  "data.max_length")
 
 
 class ModelConfig(Section):
@@ -177,6 +198,14 @@ class Config(Section):
     training: TrainingConfig
     search: SearchConfig = Field(default_factory=SearchConfig)
 
+    @model_validator(mode="after")
+    def _location_length(self) -> "Config":
+        # The location score predicts one energy per source position: by default as many as training keeps.
+        attention = self.model.attention
+        if self.model.uses_attention and attention.score == "location" and attention.max_source_length is None:
+            attention.max_source_length = self.data.max_length
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
@@ -188,10 +217,15 @@ def resolve_path(path: str) -> Path:
     return Path(path)
 
 
+def _is_branch(part: Any) -> bool:
+    """A union's branch in an error location (`AttentionConfig`, `literal['none']`), not a key."""
+    return isinstance(part, str) and (part[:1].isupper() or part.startswith("literal["))
+
+
 def _section_keys(location: tuple) -> list[str]:
     """The keys allowed in the section that holds `location` (for 'unknown key' messages)."""
     section: type[BaseModel] = Config
-    for part in location[:-1]:
+    for part in [part for part in location[:-1] if not _is_branch(part)]:
         field = section.model_fields.get(str(part))
         candidates = [t for t in getattr(field.annotation, "__args__", (field.annotation,))
                       if isinstance(t, type) and issubclass(t, BaseModel)] if field else []
@@ -202,7 +236,7 @@ def _section_keys(location: tuple) -> list[str]:
 
 
 def _describe(error: dict) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    where = ".".join(str(part) for part in error["loc"] if not _is_branch(part)) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"`{where}`: unknown key; allowed here: {', '.join(_section_keys(error['loc']))}"
@@ -221,7 +255,11 @@ def parse_config(data: Any, origin: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as error:
-        problems = "\n  ".join(_describe(e) for e in error.errors())
+        errors = error.errors()
+        # `attention: {...} | none`: once the mapping is given, its errors matter, not that it is not `none`
+        errors = [e for e in errors
+                  if not (isinstance(e["input"], dict) and any(str(p).startswith("literal[") for p in e["loc"]))]
+        problems = "\n  ".join(_describe(e) for e in errors)
         raise ConfigError(f"{origin} is not a valid attnmt config:\n  {problems}") from None
 
 
@@ -237,7 +275,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     for dotted, value in (overrides or {}).items():
         section = data
         *parents, leaf = dotted.split(".")
-        for key in parents:
-            section = section.setdefault(key, {})
+        for depth in range(len(parents) + 1):
+            if not isinstance(section, dict):  # e.g. `model.attention.score` over the shorthand `attention: dot`
+                where = f"`{'.'.join(parents[:depth])}`" if depth else "the top level"
+                raise ConfigError(f"{path}: cannot set `{dotted}`: {where} is {section!r}, not a section; "
+                                  f"set {where} as a whole instead")
+            if depth < len(parents):
+                section = section.setdefault(parents[depth], {})
         section[leaf] = value
     return parse_config(data, origin=str(path))

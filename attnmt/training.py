@@ -103,6 +103,7 @@ class Progress:
     target_tokens: int = 0
     seconds: float = 0.0  # training time so far, over all runs of this model directory
     best_bleu: float = -1.0
+    best_regular_bleu: float = -1.0  # best of the regular validations only: what early stopping compares with
     validations_without_improvement: int = 0
     stopped_early: bool = False
 
@@ -117,10 +118,11 @@ class Trainer:
         self.show_progress = show_progress
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
-        if resume and not (self.model_dir / checkpoint.TRAIN_STATE).exists():
+        saved = checkpoint.has_train_state(self.model_dir)
+        if resume and not saved:
             raise CheckpointError(f"cannot resume: {self.model_dir / checkpoint.TRAIN_STATE} does not exist; "
                                   f"train without --resume first")
-        if not resume and (self.model_dir / checkpoint.TRAIN_STATE).exists():
+        if not resume and saved:
             raise CheckpointError(f"{self.model_dir} already holds a training run; continue it with --resume, "
                                   f"or choose another model directory (nothing was overwritten)")
         torch.manual_seed(self.settings.seed)
@@ -214,7 +216,9 @@ class Trainer:
             checkpoint.save_model(self.model_dir / checkpoint.MODEL_FILE, self.model)
         if drives_schedule:
             self.schedule.after_validation(loss)
-            self.progress.validations_without_improvement = 0 if improved else \
+            regular_improved = scores["bleu"] > self.progress.best_regular_bleu
+            self.progress.best_regular_bleu = max(self.progress.best_regular_bleu, scores["bleu"])
+            self.progress.validations_without_improvement = 0 if regular_improved else \
                 self.progress.validations_without_improvement + 1
         record = {"step": self.progress.step, "epoch": self.progress.epoch, "dev_loss": round(loss, 4),
                   "dev_bleu": round(scores["bleu"], 2), "dev_chrf": round(scores["chrf"], 2),

@@ -19,7 +19,7 @@ from attnmt import checkpoint
 from attnmt.config import Config, load_config
 from attnmt.data import Tokenizer
 from attnmt.data.batching import pad_sequences
-from attnmt.errors import CheckpointError
+from attnmt.errors import AttnmtError, CheckpointError
 from attnmt.models import build_model
 from attnmt.search import Hypothesis, beam_search, greedy_search
 
@@ -79,6 +79,11 @@ class Translator:
         length_penalty = search.length_penalty if length_penalty is None else length_penalty
         max_length_ratio = max_length_ratio or search.max_length_ratio
         batch_size = batch_size or search.batch_size
+        for option, value in (("beam_size", beam_size), ("n_best", n_best), ("batch_size", batch_size)):
+            if value < 1:
+                raise AttnmtError(f"`{option}` must be at least 1, not {value}")
+        if max_length_ratio <= 0:
+            raise AttnmtError(f"`max_length_ratio` must be positive, not {max_length_ratio}")
         was_training = self.model.training
         self.model.eval()
         source_ids = self.tokenizer.encode_source([s.strip() for s in sentences])

@@ -23,11 +23,11 @@ def _check_exists(path: Path, role: str) -> None:
     """Raise `CorpusError` unless `path` is an existing regular file."""
     if not path.exists():
         raise CorpusError(
-            f"{role} {path} does not exist; check the path in the config's `data` section "
+            f"{role} {path} does not exist; check the path "
             f"(relative paths are taken from the working directory {os.getcwd()})"
         )
     if not path.is_file():
-        raise CorpusError(f"{role} {path} is not a regular file; point the config's `data` section at a text file")
+        raise CorpusError(f"{role} {path} is not a regular file; give the path of a text file")
 
 
 def _decode_line(raw: bytes, path: Path, line_number: int, file_offset: int) -> str:

@@ -16,7 +16,8 @@
 
 Every model offers the small interface that search and training use (see `attnmt.models.Seq2Seq`):
 `encode`, `start_state`, `step` and `forward` (teacher forcing). Decoder states and encoder memories are dicts of
-batch-first tensors, so beam search can reorder any model's state with one `index_select`.
+batch-first tensors, so beam search can reorder any model's state with one `index_select`. The state also counts the
+target position t (`position` [B]), which local attention (`local_m`: p_t = t) reads.
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ class Decoder(nn.Module):
         self.combine = None
         rnn_input = config.embedding_size
         if config.uses_attention:
-            self.attention = attention.build(config.attention.score, hidden, encoder_size,
-                                             hidden_size=config.attention.hidden_size)
+            options = config.attention.model_dump(exclude={"score"})  # normalizer, window, scorer options
+            self.attention = attention.build(config.attention.score, hidden, encoder_size, **options)
             self.combine = Combine(config.combine, encoder_size, hidden)
             if self.style == "bahdanau":
                 rnn_input += encoder_size  # [embed(y_{t-1}); c_t]
@@ -170,25 +171,28 @@ class Decoder(nn.Module):
         outputs, hidden = self.rnn(inputs, hidden)
         return outputs, {**state, "hidden": _to_batch_first(hidden)}
 
-    def _attend(self, query: torch.Tensor, memory: State) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.attention.attend(query, memory["keys"], memory["values"], memory["mask"])
+    def _attend(self, query: torch.Tensor, memory: State, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B, Tq]: the target positions t of the query rows (local attention's p_t = t)."""
+        return self.attention.attend(query, memory["keys"], memory["values"], memory["mask"], positions)
 
     def step(self, prev_embedded: torch.Tensor, state: State, memory: State
              ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         """One target position. prev_embedded [B, 1, E] → attentional state h̃_t [B, 1, H], new state, α_t [B, 1, S]."""
+        position = state["position"]  # t [B]
+        state = {**state, "position": position + 1}
         if self.attention is None:
             outputs, state = self._run_rnn(prev_embedded, state)
             return self.dropout(outputs), state, None
         if self.style == "bahdanau":
-            query = state["hidden"][:, -1:]  # s_{t-1} of the top layer [B, 1, H]
-            context, weights = self._attend(query, memory)
+            query = state["hidden"][:, -1:]  # s_{t-1} of the top layer [B, 1, H], attending for position t
+            context, weights = self._attend(query, memory, position.unsqueeze(1))
             outputs, state = self._run_rnn(torch.cat([prev_embedded, context], dim=-1), state)
         else:
             inputs = prev_embedded
             if self.input_feeding:
                 inputs = torch.cat([prev_embedded, state["attentional"]], dim=-1)
             outputs, state = self._run_rnn(inputs, state)  # s_t [B, 1, H]
-            context, weights = self._attend(outputs, memory)
+            context, weights = self._attend(outputs, memory, position.unsqueeze(1))
         attentional = self.combine(context, outputs)  # h̃_t [B, 1, H]
         if self.input_feeding:
             state = {**state, "attentional": attentional}
@@ -204,7 +208,8 @@ class Decoder(nn.Module):
             outputs, _ = self._run_rnn(embedded, state)  # s_1..s_T [B, T, H]
             weights = None
             if self.attention is not None:
-                context, weights = self._attend(outputs, memory)  # [B, T, dv], [B, T, S]
+                positions = torch.arange(tgt_in.size(1), device=tgt_in.device).expand_as(tgt_in)  # t [B, T]
+                context, weights = self._attend(outputs, memory, positions)  # [B, T, dv], [B, T, S]
                 outputs = self.combine(context, outputs)
             return self.output(self.dropout(outputs)), weights
         steps, all_weights = [], []
@@ -237,11 +242,12 @@ class RNNSeq2Seq(nn.Module):
         return memory
 
     def start_state(self, memory: State) -> State:
-        state = {"hidden": self.bridge(memory["final"])}  # s_0 [B, L, H]
+        batch = memory["final"].size(0)
+        state = {"hidden": self.bridge(memory["final"]),  # s_0 [B, L, H]
+                 "position": torch.zeros(batch, dtype=torch.long, device=memory["final"].device)}  # t [B]
         if self.config.cell == "lstm":
             state["cell"] = self.bridge(memory["final_cell"], squash=False)
         if self.decoder.input_feeding:
-            batch = memory["final"].size(0)
             state["attentional"] = memory["final"].new_zeros(batch, 1, self.config.hidden_size)
         return state
 
