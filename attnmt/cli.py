@@ -143,6 +143,13 @@ def command_demo(args) -> None:
           f"      attnmt attention {model_dir} '나는 학생이에요.' -o heatmap.png")
 
 
+def command_study(args) -> None:
+    from attnmt.study import run_study
+
+    rows = run_study(args.config, args.grid, args.out)
+    print(f"{len(rows)} cells; tables and plots in {args.out}")
+
+
 def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int, help="1 = greedy; default from the model's config")
     parser.add_argument("--length-penalty", type=float, help="alpha of ((5 + length) / 6) ** alpha")
@@ -187,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_argument("-o", "--output", default="attention.png")
     attention.add_argument("--beam-size", type=int, default=1)
     attention.set_defaults(run=command_attention)
+
+    study = commands.add_parser("study", help="train one model per grid cell and compare them")
+    study.add_argument("config", help="the base YAML config")
+    study.add_argument("--grid", required=True, help="YAML grid: budget, vary and/or cells (see attnmt/study.py)")
+    study.add_argument("--out", required=True, help="output folder; finished cells in it are reused")
+    study.set_defaults(run=command_study)
 
     demo = commands.add_parser("demo", help="train the seed-001 Korean→English model on the bundled data")
     demo.add_argument("--model-dir", default="runs/demo")

@@ -55,7 +55,7 @@ def grid_cells(grid: dict, origin: str) -> list[tuple[str, dict]]:
     budget = grid.get("budget") or {}
     cells = []
     vary = grid.get("vary") or {}
-    for values in itertools.product(*vary.values()):
+    for values in itertools.product(*vary.values()) if vary else []:
         overrides = dict(zip(vary, values))
         cells.append((_cell_name(overrides), {**budget, **overrides}))
     for index, cell in enumerate(grid.get("cells") or []):

@@ -130,25 +130,6 @@ def test_weights_are_softmax_of_the_score_formula_and_context_is_weighted_sum(na
 
 
 @every_score
-def test_padding_content_does_not_matter(name):
-    """Whatever sits in the padded key/value positions, the result equals attention over the real positions alone."""
-    module = built(name)
-    query, keys, values, mask = inputs(*sizes(name))
-    context, weights = module(query, keys, values, mask)
-    noisy_keys, noisy_values = keys.clone(), values.clone()
-    noisy_keys[~mask] = 1e3
-    noisy_values[~mask] = -1e3
-    noisy_context, noisy_weights = module(query, noisy_keys, noisy_values, mask)
-    assert torch.equal(weights, noisy_weights)
-    torch.testing.assert_close(context, noisy_context, rtol=0, atol=1e-12)
-    for b, length in enumerate(LENGTHS):  # each row alone, unpadded
-        alone_context, alone_weights = module(query[b:b + 1], keys[b:b + 1, :length], values[b:b + 1, :length],
-                                              mask[b:b + 1, :length])
-        torch.testing.assert_close(alone_weights[0], weights[b, :, :length], rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(alone_context[0], context[b], rtol=1e-12, atol=1e-14)
-
-
-@every_score
 def test_prepare_keys_then_attend_equals_forward(name):
     module = built(name)
     query, keys, values, mask = inputs(*sizes(name))
