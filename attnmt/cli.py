@@ -92,8 +92,18 @@ def command_evaluate(args) -> None:
         print(format_report(scores, buckets, args.length_unit))
 
 
+def _pick(option: str, number: int, count: int, what: str) -> int:
+    """A 1-based --layer/--head number → a 0-based index, or an error naming the valid range."""
+    if not 1 <= number <= count:
+        raise AttnmtError(f"{option} {number}: the model has {count} {what}; choose 1..{count} (1-based)")
+    return number - 1
+
+
 def command_attention(args) -> None:
-    from attnmt.plotting import plot_attention
+    """Default: the heatmap of `Translation.attention` (a Transformer: the last layer, averaged over its heads).
+    --layer L / --head H (1-based) pick a decoder layer and a head of a Transformer; --all-heads draws a grid of
+    every head of --layer, or of every layer × head."""
+    from attnmt.plotting import plot_attention, plot_attention_grid
     from attnmt.translator import Translator
 
     translator = Translator.load(args.model_dir)
@@ -102,8 +112,32 @@ def command_attention(args) -> None:
         raise AttnmtError(f"the sentence {args.sentence!r} is empty: there is no attention to draw")
     if result.attention is None:
         raise AttnmtError(f"the model in {args.model_dir} has `attention: none`: there is no attention to draw")
-    path = plot_attention(result.attention, result.source_tokens, result.target_tokens_with_eos, args.output,
-                          title=f"{args.sentence} → {result.text}")
+    per_head = args.layer is not None or args.head is not None or args.all_heads
+    heads = result.attention_heads  # [L, H, T, S] or None
+    if per_head and heads is None:
+        raise AttnmtError(f"the model in {args.model_dir} is an RNN: it has one attention per target step, not "
+                          f"layers and heads; drop --layer, --head and --all-heads")
+    if args.all_heads and args.head is not None:
+        raise AttnmtError("--all-heads draws every head; give either --all-heads or --head, not both")
+    title = f"{args.sentence} → {result.text}"
+    source, target = result.source_tokens, result.target_tokens_with_eos
+    if heads is None or not per_head:  # the RNN's attention, or the Transformer's last layer averaged over heads
+        path = plot_attention(result.attention, source, target, args.output, title=title)
+    else:
+        layers, head_count = heads.shape[:2]
+        layer = layers - 1 if args.layer is None else _pick("--layer", args.layer, layers, "decoder layers")
+        if args.all_heads:
+            chosen = range(layers) if args.layer is None else [layer]
+            matrices = [heads[l, h] for l in chosen for h in range(head_count)]
+            titles = [f"layer {l + 1}, head {h + 1}" for l in chosen for h in range(head_count)]
+            path = plot_attention_grid(matrices, titles, source, target, args.output, columns=head_count)
+        elif args.head is None:
+            path = plot_attention(heads[layer].mean(axis=0), source, target, args.output,
+                                  title=f"{title}\nlayer {layer + 1}, mean over {head_count} heads")
+        else:
+            head = _pick("--head", args.head, head_count, "heads per layer")
+            path = plot_attention(heads[layer, head], source, target, args.output,
+                                  title=f"{title}\nlayer {layer + 1}, head {head + 1}")
     print(f"{result.text}\nheatmap written to {path}")
 
 
@@ -193,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_argument("sentence")
     attention.add_argument("-o", "--output", default="attention.png")
     attention.add_argument("--beam-size", type=int, default=1)
+    attention.add_argument("--layer", type=int, metavar="L",
+                           help="Transformer: decoder layer, 1-based (default: the last); averaged over heads "
+                                "unless --head or --all-heads")
+    attention.add_argument("--head", type=int, metavar="H", help="Transformer: one head of the layer, 1-based")
+    attention.add_argument("--all-heads", action="store_true",
+                           help="Transformer: a grid of every head of --layer, or of every layer × head")
     attention.set_defaults(run=command_attention)
 
     study = commands.add_parser("study", help="train one model per grid cell and compare them")

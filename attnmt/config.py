@@ -8,7 +8,7 @@ starts with `pkg://` points into the installed attnmt package (the bundled demo 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -110,7 +110,9 @@ class AttentionConfig(Section):
                                                                   "data.max_length")
 
 
-class ModelConfig(Section):
+class RNNConfig(Section):
+    """`model.type: rnn` (the default): the RNN encoder-decoder of `attnmt.models.rnn`."""
+
     type: Literal["rnn"] = "rnn"
     cell: Literal["rnn", "lstm", "gru"] = "gru"
     embedding_size: int = Field(256, ge=1)
@@ -139,7 +141,7 @@ class ModelConfig(Section):
         return self.attention != "none"
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModelConfig":
+    def _consistent(self) -> "RNNConfig":
         if not self.uses_attention and self.input_feeding:
             raise ValueError("`input_feeding` feeds the attentional state back; it needs an attention score, "
                              "not `attention: none`")
@@ -147,6 +149,50 @@ class ModelConfig(Section):
             raise ValueError("`input_feeding` belongs to the Luong decoder; the Bahdanau decoder already feeds "
                              "the context into the RNN input")
         return self
+
+
+ModelConfig = RNNConfig  # the name the RNN's config had before the Transformer came; `ModelConfig(...)` is an RNN
+
+
+class TransformerConfig(Section):
+    """`model.type: transformer`: the encoder-decoder Transformer of `attnmt.models.transformer`.
+
+    hidden_size is d_model (the width of every embedding, attention output and residual stream: the same concept as
+    the RNN's `hidden_size`), heads is h (d_k = d_model / h), feed_forward_size is d_ff.
+    """
+
+    type: Literal["transformer"]
+    encoder_layers: int = Field(6, ge=1)
+    decoder_layers: int = Field(6, ge=1)
+    hidden_size: int = Field(512, ge=1, description="d_model: embeddings, attention outputs, residual stream")
+    heads: int = Field(8, ge=1, description="h; hidden_size must be a multiple of it")
+    feed_forward_size: int = Field(2048, ge=1, description="d_ff: inner width of the position-wise feed-forward")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="on embeddings, sublayer outputs and the feed-forward")
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="on the attention weights")
+    norm: Literal["pre", "post"] = Field("pre", description="pre: x + F(LN(x)) (stable without long warmup); "
+                                                           "post: LN(x + F(x)) as in Vaswani et al. 2017")
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = Field(512, ge=1, description="learned positions: table size; later positions share the "
+                                                      "last row")
+    share_embeddings: bool = Field(False, description="one embedding matrix for source and target; needs "
+                                                      "`tokenizer.joint: true`")
+    tie_target_embeddings: bool = Field(False, description="the output layer reuses the target embedding matrix")
+    fused_attention: bool = Field(True, description="use torch's scaled_dot_product_attention where no attention "
+                                                    "weights are needed")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TransformerConfig":
+        if self.hidden_size % self.heads != 0:
+            raise ValueError(f"`hidden_size` ({self.hidden_size}) must be a multiple of `heads` ({self.heads}): "
+                             f"each head gets hidden_size / heads dimensions")
+        if self.positions == "sinusoidal" and self.hidden_size % 2 != 0:
+            raise ValueError(f"sinusoidal positions pair sines and cosines: `hidden_size` ({self.hidden_size}) "
+                             f"must be even")
+        return self
+
+
+# `model.type` picks the section; a model section without `type` is an RNN (see `Config._model_type`).
+AnyModelConfig = Annotated[Union[RNNConfig, TransformerConfig], Field(discriminator="type")]
 
 
 class TrainingConfig(Section):
@@ -158,7 +204,8 @@ class TrainingConfig(Section):
     learning_rate: float = Field(1e-3, gt=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "plateau"] = "plateau"
+    schedule: Literal["constant", "plateau", "inverse_sqrt"] = Field(
+        "plateau", description="inverse_sqrt: lr = base · min(step / warmup, sqrt(warmup / step))")
     warmup_steps: int = Field(0, ge=0)
     plateau_patience: int = Field(2, ge=0, description="validations without improvement before the rate is cut")
     plateau_factor: float = Field(0.5, gt=0, lt=1)
@@ -176,6 +223,9 @@ class TrainingConfig(Section):
     def _some_stop(self) -> "TrainingConfig":
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
             raise ValueError("give at least one of `max_steps`, `max_epochs`, `max_minutes`")
+        if self.schedule == "inverse_sqrt" and self.warmup_steps < 1:
+            raise ValueError("`schedule: inverse_sqrt` peaks after `warmup_steps`; set `warmup_steps` to at least 1 "
+                             "(e.g. 4000)")
         return self
 
 
@@ -194,16 +244,33 @@ class Config(Section):
     model_dir: str = "runs/model"
     data: DataConfig
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: AnyModelConfig = Field(default_factory=RNNConfig)
     training: TrainingConfig
     search: SearchConfig = Field(default_factory=SearchConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_type(cls, data: Any) -> Any:
+        # `type` chooses the model section's class; configs written before the Transformer have none: an RNN.
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "type" not in data["model"]:
+            data = {**data, "model": {"type": "rnn", **data["model"]}}
+        return data
 
     @model_validator(mode="after")
     def _location_length(self) -> "Config":
         # The location score predicts one energy per source position: by default as many as training keeps.
+        if not isinstance(self.model, RNNConfig):
+            return self
         attention = self.model.attention
         if self.model.uses_attention and attention.score == "location" and attention.max_source_length is None:
             attention.max_source_length = self.data.max_length
+        return self
+
+    @model_validator(mode="after")
+    def _shared_vocabulary(self) -> "Config":
+        if isinstance(self.model, TransformerConfig) and self.model.share_embeddings and not self.tokenizer.joint:
+            raise ValueError("`model.share_embeddings` uses one embedding matrix for source and target, so it needs "
+                             "one vocabulary: set `tokenizer.joint: true`, or `model.share_embeddings: false`")
         return self
 
     def to_yaml(self) -> str:
@@ -222,29 +289,53 @@ def _is_branch(part: Any) -> bool:
     return isinstance(part, str) and (part[:1].isupper() or part.startswith("literal["))
 
 
+def _walk(location: tuple) -> tuple[list[str], type[BaseModel] | None]:
+    """Follow an error location through the config classes. Returns the keys as the user wrote them (union branches
+    and the tags of discriminated unions, like `model`'s `rnn` / `transformer`, left out) and the section class that
+    holds the last key (None where the location leaves the config classes)."""
+    keys: list[str] = []
+    section: type[BaseModel] | None = Config
+    holder: type[BaseModel] | None = Config
+    tags: dict[str, type[BaseModel]] | None = None  # after a discriminated union's key: its tag comes next
+    for part in location:
+        if _is_branch(part):
+            continue
+        if tags is not None:
+            section, tags = tags.get(str(part)), None
+            continue
+        keys.append(str(part))
+        holder = section
+        field = section.model_fields.get(str(part)) if section is not None else None
+        members = [t for t in getattr(field.annotation, "__args__", (field.annotation,))
+                   if isinstance(t, type) and issubclass(t, BaseModel)] if field else []
+        if field is not None and field.discriminator:
+            tags = {get_args(member.model_fields[field.discriminator].annotation)[0]: member for member in members}
+        section = members[0] if members else None
+    return keys, holder
+
+
 def _section_keys(location: tuple) -> list[str]:
     """The keys allowed in the section that holds `location` (for 'unknown key' messages)."""
-    section: type[BaseModel] = Config
-    for part in [part for part in location[:-1] if not _is_branch(part)]:
-        field = section.model_fields.get(str(part))
-        candidates = [t for t in getattr(field.annotation, "__args__", (field.annotation,))
-                      if isinstance(t, type) and issubclass(t, BaseModel)] if field else []
-        if not candidates:
-            return []
-        section = candidates[0]
-    return list(section.model_fields)
+    _, holder = _walk(location)
+    return list(holder.model_fields) if holder is not None else []
 
 
 def _describe(error: dict) -> str:
-    where = ".".join(str(part) for part in error["loc"] if not _is_branch(part)) or "(top level)"
+    where = ".".join(_walk(error["loc"])[0]) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"`{where}`: unknown key; allowed here: {', '.join(_section_keys(error['loc']))}"
+    if kind == "union_tag_invalid":  # `model.type: transfomer`
+        key = error["ctx"]["discriminator"].strip("'")
+        return (f"`{where}.{key}`: {error['ctx']['tag']!r} is not allowed; "
+                f"choose one of {error['ctx']['expected_tags']}")
     if kind == "literal_error":
         allowed = error.get("ctx", {}).get("expected", "")
         return f"`{where}`: {error['input']!r} is not allowed; choose one of {allowed}"
     if kind == "missing":
         return f"`{where}`: required key is missing"
+    if kind == "value_error" and isinstance(error.get("input"), dict):  # a check across a section's keys
+        return f"`{where}`: {error['msg'].removeprefix('Value error, ')}"
     return f"`{where}`: {error['msg']} (got {error.get('input')!r})"
 
 

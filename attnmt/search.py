@@ -8,7 +8,9 @@ Both searches work on a batch of sentences through the model interface of `attnm
              score / lp(|y|), lp(n) = ((5 + n) / 6)^α      (Wu et al. 2016, α = length_penalty)
 
 A hypothesis stops at EOS or at max_length_ratio × source length + 10 tokens.
-Each result carries its tokens, its model score Σ log p (EOS included) and its attention matrix [T, S].
+Each result carries its tokens, its model score Σ log p (EOS included) and its attention, one row per step: [T, S]
+for a model whose `step` returns [B, S] (the RNN), [T, L, H, S] for one that returns [B, L, H, S] (the Transformer:
+every decoder layer and head). Search only needs the source positions on the last axis.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ State = dict[str, torch.Tensor]
 class Hypothesis:
     tokens: list[int]  # target ids without BOS/EOS
     score: float  # Σ log p(y_t | y_<t, x), the EOS step included
-    attention: np.ndarray | None  # [len(tokens) + 1, source length]: one row per step, the EOS step last
+    attention: np.ndarray | None  # [len(tokens) + 1, ..., source length]: one row per step, the EOS step last
     normalized_score: float  # score / lp(len), what the beam ranks by
 
 
@@ -61,7 +63,7 @@ def _force_end(log_probs: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
 def _attention_matrix(history: list[torch.Tensor] | None, source_length: int) -> np.ndarray | None:
     if history is None:
         return None
-    return torch.stack(history).float().cpu().numpy()[:, :source_length]  # [T, S]
+    return torch.stack(history).float().cpu().numpy()[..., :source_length]  # [T, S] or [T, L, H, S]
 
 
 @torch.inference_mode()
@@ -77,7 +79,7 @@ def greedy_search(model, src: torch.Tensor, src_mask: torch.Tensor, max_length_r
     scores = torch.zeros(batch, dtype=torch.float64, device=src.device)
     steps, weights_per_step = [], []
     for t in range(int(limits.max()) + 1):
-        log_probs, state, weights = model.step(prev, state, memory)  # [B, V], [B, S]
+        log_probs, state, weights = model.step(prev, state, memory)  # [B, V], [B, ..., S]
         log_probs = _force_end(log_probs, limits <= t)
         best_score, best = log_probs.max(dim=-1)  # [B]
         scores += best_score.double().masked_fill(finished, 0.0)
@@ -125,13 +127,13 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam_size: int
     alive_scores = torch.full((batch, k), float("-inf"), dtype=torch.float64, device=device)
     alive_scores[:, 0] = 0.0  # all beams start as the same empty prefix: keep one
     alive_tokens = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # [B·k, t]
-    alive_attention: list[torch.Tensor] | None = []  # per step [B·k, S], reordered as beams move
+    alive_attention: list[torch.Tensor] | None = []  # per step [B·k, ..., S], reordered as beams move
     prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     done = torch.zeros(batch, dtype=torch.bool, device=device)
 
     for t in range(int(limits.max()) + 1):
-        log_probs, state, weights = model.step(prev, state, memory)  # [B·k, V], [B·k, S]
+        log_probs, state, weights = model.step(prev, state, memory)  # [B·k, V], [B·k, ..., S]
         log_probs = _force_end(log_probs, limits <= t).double()
         vocab = log_probs.size(-1)
         candidates = (alive_scores.view(-1, 1) + log_probs).view(batch, k * vocab)  # [B, k·V]

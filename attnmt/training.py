@@ -4,7 +4,9 @@
            q = (1 − ε) one_hot(y*_t) + ε / V                    label smoothing ε
     g ← g · min(1, c / ‖g‖)                                     gradient-norm clipping (exploding gradients, seed 003)
     lr(step) = base · min(1, step / warmup) · decay             decay × factor after `plateau_patience` validations
-                                                                without a lower dev loss
+                                                                without a lower dev loss (constant: decay = 1)
+    lr(step) = base · min(step / warmup, √(warmup / step))     schedule: inverse_sqrt (the Transformer's): linear
+                                                                warmup to base, then decay as 1/√step
 
 Every `validate_every` steps: dev loss and dev sacreBLEU; the best model by BLEU goes to MODEL_DIR/model.safetensors,
 the last step to MODEL_DIR/train_state/ (parameters, optimizer, RNG, schedule and the position in the data), from
@@ -57,7 +59,13 @@ def read_corpora(config: Config) -> Corpora:
 
 
 class LearningRateSchedule:
-    """lr(step) = base · min(1, step / warmup) · decay, with decay cut by `factor` on a dev-loss plateau."""
+    """constant, plateau: lr(step) = max(base · min(1, step / warmup) · decay, min_learning_rate), with decay cut by
+    `factor` on a dev-loss plateau (plateau only).
+
+    inverse_sqrt: lr(step) = base · min(step / warmup, √(warmup / step)): rises linearly to `base` at step = warmup,
+    then falls as 1/√step. With base = d_model^−0.5 · warmup^−0.5 this is Vaswani et al.'s
+    d_model^−0.5 · min(step^−0.5, step · warmup^−1.5). No floor: the formula as written.
+    """
 
     def __init__(self, config) -> None:
         self.config = config
@@ -66,6 +74,9 @@ class LearningRateSchedule:
         self.bad_validations = 0
 
     def rate(self, step: int) -> float:
+        if self.config.schedule == "inverse_sqrt":
+            warmup, step = self.config.warmup_steps, max(step, 1)
+            return self.config.learning_rate * min(step / warmup, math.sqrt(warmup / step))
         warmup = min(1.0, step / self.config.warmup_steps) if self.config.warmup_steps else 1.0
         return max(self.config.learning_rate * warmup * self.decay, self.config.min_learning_rate)
 
@@ -266,8 +277,11 @@ class Trainer:
                 if p.step % s.log_every == 0:
                     elapsed = time.perf_counter() - window_started
                     rate = window_tokens / max(elapsed, 1e-9)
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", epoch=p.epoch,
-                                    lr=f"{self.schedule.rate(p.step):.2e}")
+                    postfix = {"loss": f"{loss:.3f}", "tok_s": f"{rate:,.0f}", "epoch": p.epoch,
+                               "lr": f"{self.schedule.rate(p.step):.2e}"}
+                    if s.max_minutes is not None:  # the bar's own ETA needs max_steps; a time budget has its own
+                        postfix["left"] = f"{max(0.0, s.max_minutes - p.seconds / 60):.1f}min"
+                    bar.set_postfix(postfix)
                     self._log_scalars({"train/loss": loss, "train/target_tokens_per_second": rate,
                                        "train/learning_rate": self.schedule.rate(p.step)})
                     window_tokens, window_started = 0, time.perf_counter()

@@ -4,6 +4,9 @@
     >>> result = translator.translate(["나는 학생이다."], beam_size=5)[0]
     >>> result.text, result.tokens, result.source_tokens, result.attention.shape, result.score
 
+A Transformer's translation also carries `attention_heads`, the cross-attention of every decoder layer and head;
+its `attention` is the mean over the heads of the last layer.
+
 The CLI, the evaluation and the training loop's validation all translate through this class.
 """
 
@@ -34,6 +37,8 @@ class Translation:
     attention: np.ndarray | None  # [len(tokens) + 1, len(source_tokens)]: rows are target steps, EOS last
     score: float  # model log-probability Σ log p(y_t | y_<t, x)
     n_best: list["Translation"] = field(default_factory=list)  # all hypotheses asked for, best first (self included)
+    # [layers, heads, len(tokens) + 1, len(source_tokens)]: per decoder layer and head (Transformer); None for RNNs
+    attention_heads: np.ndarray | None = None
 
     @property
     def target_tokens_with_eos(self) -> list[str]:
@@ -61,10 +66,14 @@ class Translator:
         return cls(model, tokenizer, config)
 
     def _translation(self, hypothesis: Hypothesis, source_ids: list[int]) -> Translation:
+        attention, heads = hypothesis.attention, None
+        if attention is not None and attention.ndim == 4:  # [T, L, H, S]: every layer and head (Transformer)
+            heads = attention.transpose(1, 2, 0, 3)  # [L, H, T, S]
+            attention = heads[-1].mean(axis=0)  # the last layer, averaged over heads [T, S]
         return Translation(text=self.tokenizer.decode_target(hypothesis.tokens),
                            tokens=self.tokenizer.target_pieces(hypothesis.tokens),
                            source_tokens=self.tokenizer.source_pieces(source_ids),
-                           attention=hypothesis.attention, score=hypothesis.score)
+                           attention=attention, score=hypothesis.score, attention_heads=heads)
 
     def translate(self, sentences: list[str], beam_size: int | None = None, n_best: int | None = None,
                   length_penalty: float | None = None, max_length_ratio: float | None = None,

@@ -53,8 +53,12 @@ def measure_one(config_path: str, minutes: float, model_dir: Path) -> dict:
     summary = Trainer(config, model_dir, resume=False, show_progress=False).train()
     translator = Translator.load(model_dir)
     sources, references = zip(*read_corpus(config.data.test))
-    row = {"config": Path(config_path).name, "attention": "none" if not config.model.uses_attention
-           else f"{config.model.attention.score} ({config.model.decoder_style})",
+    if config.model.type == "transformer":
+        attention = f"{config.model.heads}-head scaled dot (transformer)"
+    else:
+        attention = "none" if not config.model.uses_attention else \
+            f"{config.model.attention.score} ({config.model.decoder_style})"
+    row = {"config": Path(config_path).name, "attention": attention,
            "parameters": sum(p.numel() for p in translator.model.parameters()),
            "train_minutes": round(summary["seconds"] / 60, 1), "steps": summary["steps"],
            "epochs": summary["epochs"],
