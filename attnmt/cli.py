@@ -184,6 +184,16 @@ def command_study(args) -> None:
     print(f"{len(rows)} cells; tables and plots in {args.out}")
 
 
+def command_serve(args) -> None:
+    from attnmt.serve import ServeSettings, serve
+
+    settings = ServeSettings.from_options(
+        batching=not args.no_batching, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+        threads=args.threads, max_text_chars=args.max_text_chars, max_texts=args.max_texts,
+        max_beam_size=args.max_beam_size, max_n_best=args.max_n_best, max_body_bytes=args.max_body_bytes)
+    serve(args.model_dir, host=args.host, port=args.port, settings=settings, log_level=args.log_level)
+
+
 def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int, help="1 = greedy; default from the model's config")
     parser.add_argument("--length-penalty", type=float, help="alpha of ((5 + length) / 6) ** alpha")
@@ -240,6 +250,24 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--grid", required=True, help="YAML grid: budget, vary and/or cells (see attnmt/study.py)")
     study.add_argument("--out", required=True, help="output folder; finished cells in it are reused")
     study.set_defaults(run=command_study)
+
+    serve = commands.add_parser("serve", help="serve a model over HTTP: a JSON API with request batching, and a page "
+                                              "that draws the attention")
+    serve.add_argument("model_dir")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch-size", type=int, help="texts translated together in one model call (default 32)")
+    serve.add_argument("--max-wait-ms", type=float, help="how long a request may wait for others to batch with "
+                                                         "(default 5)")
+    serve.add_argument("--no-batching", action="store_true", help="one request per model call, no waiting")
+    serve.add_argument("--threads", type=int, help="torch CPU threads of the model worker (default 1)")
+    serve.add_argument("--max-text-chars", type=int, help="characters per text (default 1000)")
+    serve.add_argument("--max-texts", type=int, help="texts per request (default 64)")
+    serve.add_argument("--max-beam-size", type=int, help="largest beam_size a request may ask for (default 16)")
+    serve.add_argument("--max-n-best", type=int, help="largest n_best a request may ask for (default 10)")
+    serve.add_argument("--max-body-bytes", type=int, help="request body size (default 1048576)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(run=command_serve)
 
     demo = commands.add_parser("demo", help="train the seed-001 Korean→English model on the bundled data")
     demo.add_argument("--model-dir", default="runs/demo")

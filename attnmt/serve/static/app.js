@@ -1,0 +1,310 @@
+// attnmt's page: send the text to POST /translate, show the translation, and draw the attention as an SVG heatmap
+// with one <rect class="cell" data-row=i data-col=j> per target token i × source token j. Hovering (or focusing)
+// a target token highlights the source tokens it attends to, with the weight as the highlight's opacity, and the
+// reverse. Plain JavaScript, no libraries: the page works offline.
+"use strict";
+
+(() => {
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const $ = (id) => document.getElementById(id);
+  const form = $("translate-form");
+  const source = $("source");
+  const beamInput = $("beam-size");
+  const nBestInput = $("n-best");
+  const button = $("translate");
+  const status = $("status");
+  const result = $("result");
+  const heatmap = $("heatmap");
+  const detail = $("focus-detail");
+  let current = null; // the translation on show
+
+  // Blues, from light to dark: a weight w in [0, 1] → a colour.
+  const STOPS = [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
+  function colour(w) {
+    const x = Math.min(1, Math.max(0, Number(w) || 0)) * (STOPS.length - 1);
+    const i = Math.min(STOPS.length - 2, Math.floor(x));
+    const f = x - i;
+    const c = STOPS[i].map((v, k) => Math.round(v + f * (STOPS[i + 1][k] - v)));
+    return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
+  }
+
+  function setStatus(text, isError) {
+    status.textContent = text;
+    status.classList.toggle("error", Boolean(isError));
+  }
+
+  function languageTag(name) {
+    // Use a configured language name as `lang` only when it looks like a BCP 47 tag (e.g. "ko", "en", "de").
+    return /^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$/.test(name) && !["src", "tgt"].includes(name) ? name : "";
+  }
+
+  async function loadInfo() {
+    try {
+      const response = await fetch("/info");
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const info = await response.json();
+      $("model-info").textContent =
+        `${info.source_language} → ${info.target_language} · ${info.model_type} (${info.cell}) · ` +
+        `attention: ${info.attention} · vocabularies ${info.source_vocab_size} / ${info.target_vocab_size}`;
+      $("source-lang").textContent = `(${info.source_language})`;
+      beamInput.max = info.limits.max_beam_size;
+      beamInput.value = info.defaults.beam_size;
+      nBestInput.max = info.limits.max_n_best;
+      source.maxLength = info.limits.max_text_chars;
+      const srcLang = languageTag(info.source_language);
+      const tgtLang = languageTag(info.target_language);
+      if (srcLang) { source.lang = srcLang; $("source-tokens").lang = srcLang; }
+      if (tgtLang) { $("translation").lang = tgtLang; $("target-tokens").lang = tgtLang; $("nbest").lang = tgtLang; }
+    } catch (error) {
+      $("model-info").textContent = `The model's description could not be loaded (${error.message}).`;
+    }
+  }
+
+  function positiveInt(input) {
+    const value = Number.parseInt(input.value, 10);
+    return Number.isFinite(value) && value >= 1 ? value : undefined;
+  }
+
+  async function translate(event) {
+    event.preventDefault();
+    const beam = positiveInt(beamInput);
+    let nBest = positiveInt(nBestInput);
+    if (nBest !== undefined && beam !== undefined && nBest > beam) {
+      nBest = beam; // a beam of k keeps k hypotheses: show at most that many
+      nBestInput.value = beam;
+    }
+    const body = { text: source.value, return_attention: true };
+    if (beam !== undefined) body.beam_size = beam;
+    if (nBest !== undefined) body.n_best = nBest;
+    button.disabled = true;
+    result.setAttribute("aria-busy", "true");
+    setStatus("Translating…");
+    try {
+      const response = await fetch("/translate", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      });
+      let data = null;
+      try { data = await response.json(); } catch (_) { /* not JSON: say the status */ }
+      if (!response.ok) {
+        setStatus((data && data.error) || `The server answered ${response.status}.`, true);
+        return;
+      }
+      await render(data.translations[0]);
+      setStatus(`Translated in ${Math.round(data.elapsed_ms)} ms (beam ${data.beam_size}).`);
+    } catch (error) {
+      setStatus(`The server cannot be reached (${error.message}).`, true);
+    } finally {
+      button.disabled = false;
+      result.removeAttribute("aria-busy");
+    }
+  }
+
+  async function render(translation) {
+    current = translation;
+    result.hidden = false;
+    const text = $("translation");
+    text.textContent = translation.text || "(empty translation)";
+    text.classList.toggle("empty", !translation.text);
+    $("score").textContent = translation.score === null || translation.score === undefined ? "" :
+      `log-probability ${translation.score.toFixed(3)}`;
+    renderNBest(translation.n_best || []);
+    renderTokens(translation);
+    // Measure the heatmap's labels in their real font: a Hangul font may still be loading.
+    if (document.fonts && document.fonts.ready) await document.fonts.ready;
+    renderHeatmap(translation);
+    detail.textContent = "";
+  }
+
+  function renderNBest(hypotheses) {
+    const list = $("nbest");
+    list.replaceChildren();
+    for (const hypothesis of hypotheses) {
+      const item = document.createElement("li");
+      const text = document.createElement("span");
+      text.className = "hypothesis";
+      text.textContent = hypothesis.text || "(empty)";
+      const score = document.createElement("span");
+      score.className = "score";
+      score.textContent = hypothesis.score === null ? "" : hypothesis.score.toFixed(3);
+      item.append(text, score);
+      list.append(item);
+    }
+    $("nbest-section").hidden = hypotheses.length < 2;
+  }
+
+  function tokenSpan(token, kind, index) {
+    const span = document.createElement("span");
+    span.className = `token ${kind}`;
+    span.tabIndex = 0;
+    span.setAttribute("role", "listitem");
+    span.dataset[kind === "src" ? "col" : "row"] = String(index);
+    span.textContent = token;
+    return span;
+  }
+
+  function renderTokens(translation) {
+    $("source-tokens").replaceChildren(...(translation.source_tokens || []).map((t, j) => tokenSpan(t, "src", j)));
+    $("target-tokens").replaceChildren(...(translation.target_tokens || []).map((t, i) => tokenSpan(t, "tgt", i)));
+  }
+
+  function svg(name, attributes, parent) {
+    const element = document.createElementNS(SVG_NS, name);
+    for (const [key, value] of Object.entries(attributes || {})) element.setAttribute(key, String(value));
+    if (parent) parent.append(element);
+    return element;
+  }
+
+  function renderHeatmap(translation) {
+    heatmap.replaceChildren();
+    heatmap.classList.remove("has-focus");
+    const rows = translation.target_tokens || [];
+    const cols = translation.source_tokens || [];
+    const weights = translation.attention;
+    const note = $("heatmap-note");
+    if (!weights || !rows.length || !cols.length) {
+      heatmap.setAttribute("hidden", "");
+      note.textContent = weights === null ? "This model has no attention to show."
+        : "Nothing to draw: the text is empty.";
+      return;
+    }
+    heatmap.removeAttribute("hidden");
+    note.textContent = "";
+    const longest = Math.max(rows.length, cols.length);
+    const cell = longest > 40 ? 16 : longest > 20 ? 24 : 32;
+
+    // Measure the labels, then lay out: target labels on the left, source labels slanted on top.
+    const probe = svg("text", {}, heatmap);
+    const width = (token) => { probe.textContent = token; return probe.getComputedTextLength(); };
+    const rowWidth = Math.max(...rows.map(width));
+    const colWidth = Math.max(...cols.map(width));
+    probe.remove();
+    const upright = colWidth <= cell - 4; // short source tokens stand upright over their column, long ones slant
+    const slant = Math.SQRT1_2; // 45°
+    const left = Math.ceil(rowWidth) + 16;
+    const top = upright ? 24 : Math.ceil(colWidth * slant) + 18;
+    const right = upright ? 4 : Math.ceil(colWidth * slant) + 8;
+    const totalWidth = left + cols.length * cell + right;
+    const totalHeight = top + rows.length * cell + 4;
+    heatmap.setAttribute("width", totalWidth);
+    heatmap.setAttribute("height", totalHeight);
+    heatmap.setAttribute("viewBox", `0 0 ${totalWidth} ${totalHeight}`);
+    heatmap.dataset.rows = String(rows.length);
+    heatmap.dataset.cols = String(cols.length);
+    // The SVG is one image to assistive technology; the token lists above it are the keyboard way in.
+    heatmap.setAttribute("aria-label",
+      `Attention heatmap: ${rows.length} target tokens by ${cols.length} source tokens. ` +
+      "Focus a token in the lists above to hear what it attends to.");
+
+    const labels = svg("g", { class: "labels" }, heatmap);
+    cols.forEach((token, j) => {
+      const x = left + j * cell + cell / 2;
+      const w = width(token);
+      const group = svg("g", { class: "label src", "data-col": j,
+        transform: upright ? `translate(${x - w / 2}, ${top - 8})` : `translate(${x}, ${top - 6}) rotate(-45)` },
+        labels);
+      svg("rect", { class: "label-bg", x: -3, y: -12, width: w + 6, height: 16, rx: 3 }, group);
+      svg("text", { x: 0, y: 0 }, group).textContent = token;
+    });
+    rows.forEach((token, i) => {
+      const y = top + i * cell + cell / 2;
+      const group = svg("g", { class: "label tgt", "data-row": i, transform: `translate(${left - 8}, ${y})` },
+        labels);
+      svg("rect", { class: "label-bg", x: -(width(token) + 4), y: -9, width: width(token) + 8, height: 18, rx: 3 },
+        group);
+      svg("text", { x: 0, y: 0, "text-anchor": "end", "dominant-baseline": "central" }, group).textContent = token;
+    });
+
+    const grid = svg("g", { class: "cells" }, heatmap);
+    rows.forEach((target, i) => {
+      cols.forEach((sourceToken, j) => {
+        const w = Number(weights[i] && weights[i][j]) || 0;
+        const rect = svg("rect", { class: "cell", "data-row": i, "data-col": j, "data-weight": w.toFixed(4),
+          x: left + j * cell, y: top + i * cell, width: cell, height: cell, fill: colour(w) }, grid);
+        svg("title", {}, rect).textContent = `${target} → ${sourceToken}: ${w.toFixed(2)}`;
+      });
+    });
+  }
+
+  // ---- linking tokens ------------------------------------------------------------------------------------------
+
+  function clearFocus() {
+    for (const element of result.querySelectorAll(".active, .linked")) {
+      element.classList.remove("active", "linked");
+      element.style.removeProperty("--w");
+    }
+    heatmap.classList.remove("has-focus");
+    detail.textContent = "";
+  }
+
+  function link(selector, weight) {
+    for (const element of result.querySelectorAll(selector)) {
+      element.classList.add("linked");
+      element.style.setProperty("--w", Math.min(1, Math.max(0, weight)).toFixed(3));
+    }
+  }
+
+  function strongest(entries) {
+    return entries.filter(([, w]) => w >= 0.005).sort((a, b) => b[1] - a[1]).slice(0, 3)
+      .map(([token, w]) => `${token} (${w.toFixed(2)})`).join(", ") || "nothing";
+  }
+
+  function focusRow(i) {
+    const weights = current.attention[i] || [];
+    for (const element of result.querySelectorAll(`.tgt[data-row="${i}"], .cell[data-row="${i}"]`)) {
+      element.classList.add("active");
+    }
+    current.source_tokens.forEach((_, j) => link(`.src[data-col="${j}"]`, weights[j] || 0));
+    detail.textContent = `Target ${current.target_tokens[i]} attends to ` +
+      strongest(current.source_tokens.map((token, j) => [token, weights[j] || 0])) + ".";
+  }
+
+  function focusColumn(j) {
+    for (const element of result.querySelectorAll(`.src[data-col="${j}"], .cell[data-col="${j}"]`)) {
+      element.classList.add("active");
+    }
+    current.target_tokens.forEach((_, i) => link(`.tgt[data-row="${i}"]`, (current.attention[i] || [])[j] || 0));
+    detail.textContent = `Source ${current.source_tokens[j]} is attended to by ` +
+      strongest(current.target_tokens.map((token, i) => [token, (current.attention[i] || [])[j] || 0])) + ".";
+  }
+
+  function onFocus(event) {
+    const element = event.target.closest && event.target.closest("[data-row], [data-col]");
+    if (!current || !current.attention || !current.attention.length || !element || !result.contains(element)) {
+      clearFocus();
+      return;
+    }
+    clearFocus();
+    heatmap.classList.add("has-focus");
+    const row = element.dataset.row, col = element.dataset.col;
+    if (row !== undefined && col !== undefined) { // a cell: its target and its source
+      focusRow(Number(row));
+      result.querySelectorAll(`.src[data-col="${col}"]`).forEach((e) => e.classList.add("active"));
+      const w = Number(current.attention[row][col]) || 0;
+      detail.textContent = `${current.target_tokens[row]} → ${current.source_tokens[col]}: ${w.toFixed(2)}`;
+    } else if (row !== undefined) {
+      focusRow(Number(row));
+    } else {
+      focusColumn(Number(col));
+    }
+  }
+
+  // Legend swatches.
+  for (let k = 0; k <= 10; k++) {
+    const swatch = document.createElement("span");
+    swatch.style.setProperty("--c", colour(k / 10));
+    $("legend").append(swatch);
+  }
+
+  result.addEventListener("pointerover", onFocus);
+  result.addEventListener("focusin", onFocus);
+  result.addEventListener("pointerleave", clearFocus);
+  result.addEventListener("focusout", (event) => { if (!result.contains(event.relatedTarget)) clearFocus(); });
+  form.addEventListener("submit", translate);
+  source.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  loadInfo();
+})();

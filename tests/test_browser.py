@@ -1,0 +1,171 @@
+"""End to end: the real server (uvicorn, on 127.0.0.1 and a free port) serving the tiny reversal model, and the page
+in headless Chromium driven by Playwright: type, click Translate, see the translation and the heatmap.
+
+Chromium is Debian's (`apt-get install chromium chromium-driver`; CI installs it), never a Playwright download.
+Without it, or without Playwright, these tests fail with a message saying what to install: they do not skip.
+Set ATTNMT_CHROMIUM to use another Chromium binary.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from attnmt.serve import ServeSettings, create_app
+
+CHROMIUM = os.environ.get("ATTNMT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def server_url(reversal_translator):
+    import uvicorn
+
+    app = create_app(reversal_translator, ServeSettings(max_text_chars=200, max_wait_ms=2))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # a free port, held from here on: no race with other processes
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the attnmt server did not start on 127.0.0.1")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright is missing: `pip install playwright` (the test extra has it); the browser itself "
+                    "is Debian's chromium, never `playwright install`")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: `apt-get install -y chromium chromium-driver` "
+                    f"(CI's .ci/run does), or point ATTNMT_CHROMIUM at a Chromium binary")
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
+        except Exception as error:  # noqa: BLE001 - any launch failure is the same message to the reader
+            pytest.fail(f"Chromium at {CHROMIUM} did not start under Playwright: {error}")
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server_url):
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+
+    def on_console(message) -> None:
+        # A 4xx that a test asks for is logged by Chromium as a failed resource: expected, not a problem.
+        if message.type in ("error", "warning") and "the server responded with a status of 4" not in message.text:
+            problems.append(f"console {message.type}: {message.text}")
+
+    page.on("console", on_console)
+    page.goto(server_url + "/")
+    page.wait_for_selector("#model-info:has-text('attention')")  # /info loaded (selectors, not eval: the CSP)
+    yield page
+    context.close()
+    assert not problems, problems
+
+
+def translate_in_page(page, text: str, n_best: int | None = None) -> None:
+    page.fill("#source", text)
+    if n_best is not None:
+        page.fill("#n-best", str(n_best))
+    page.evaluate("(() => { const s = document.getElementById('status'); s.textContent = ''; s.className = ''; })()")
+    page.click("#translate")
+    page.wait_for_selector("#status:has-text('Translated in'), #status.error")
+
+
+def test_type_translate_and_see_the_heatmap(page, reversal_model, reversal_translator):
+    source = next(src for src, _ in reversal_model.test_pairs if len(src.split()) >= 5)
+    expected = reversal_translator.translate([source], beam_size=5)[0]
+    translate_in_page(page, source)
+
+    assert page.inner_text("#translation") == expected.text
+    rows, cols = len(expected.tokens) + 1, len(expected.source_tokens)  # target tokens with EOS × source tokens
+    cells = page.locator("#heatmap rect.cell")
+    assert cells.count() == rows * cols
+    assert page.get_attribute("#heatmap", "data-rows") == str(rows)
+    assert page.get_attribute("#heatmap", "data-cols") == str(cols)
+    positions = page.eval_on_selector_all(
+        "#heatmap rect.cell", "cells => cells.map(c => [Number(c.dataset.row), Number(c.dataset.col)])")
+    assert sorted(map(tuple, positions)) == [(i, j) for i in range(rows) for j in range(cols)]
+    assert page.locator("#heatmap .label.tgt").count() == rows
+    assert page.locator("#heatmap .label.src").count() == cols
+    weights = page.eval_on_selector_all("#heatmap rect.cell", "cells => cells.map(c => Number(c.dataset.weight))")
+    assert sum(weights) == pytest.approx(rows, abs=0.01)  # each row of softmax weights sums to 1
+
+    # Hover a target token: the source tokens light up by weight, the strongest most.
+    row = 1
+    page.hover(f'#target-tokens .tgt[data-row="{row}"]')
+    shown = page.eval_on_selector_all("#source-tokens .src",
+                                      "spans => spans.map(s => Number(s.style.getPropertyValue('--w') || -1))")
+    assert len(shown) == cols and min(shown) >= 0
+    strongest = int(expected.attention[row].argmax())
+    assert shown.index(max(shown)) == strongest
+    assert page.locator(f'#heatmap .label.src.linked[data-col="{strongest}"]').count() == 1
+    assert page.locator(f'#heatmap rect.cell.active[data-row="{row}"]').count() == cols
+    assert expected.tokens[row] in page.inner_text("#focus-detail")
+
+    # And the reverse: hover a source token in the heatmap, the target tokens light up.
+    page.mouse.move(0, 0)
+    page.hover('#heatmap .label.src[data-col="0"]')
+    linked = page.eval_on_selector_all("#target-tokens .tgt.linked",
+                                       "spans => spans.map(s => Number(s.style.getPropertyValue('--w')))")
+    assert len(linked) == rows
+    strongest_row = int(expected.attention[:, 0].argmax())
+    assert linked.index(max(linked)) == strongest_row
+
+    # Keyboard: focusing a token (Tab reaches them) tells what it attends to, in a live region.
+    page.mouse.move(0, 0)
+    page.focus('#source-tokens .src[data-col="0"]')
+    assert page.inner_text("#focus-detail").startswith(f"Source {expected.source_tokens[0]} is attended to by")
+
+
+def test_hangul_and_n_best(page, reversal_translator):
+    text = "안녕하세요 a b 학생이에요 c"
+    expected = reversal_translator.translate([text], beam_size=5, n_best=3)[0]
+    translate_in_page(page, text, n_best=3)
+    assert page.input_value("#source") == text
+    assert page.inner_text("#translation") == (expected.text or "(empty translation)")
+    items = page.locator("#nbest li .hypothesis")
+    assert items.count() == 3
+    assert [items.nth(i).inner_text() for i in range(3)] == [h.text or "(empty)" for h in expected.n_best]
+    assert page.locator("#heatmap rect.cell").count() == (len(expected.tokens) + 1) * len(expected.source_tokens)
+    source_strip = page.inner_text("#source-tokens")
+    assert all(token in source_strip for token in expected.source_tokens)
+    # The Hangul font (served by the app when the system has none) loads without errors.
+    page.evaluate("document.fonts.ready")
+    assert page.evaluate("[...document.fonts].every(f => f.status !== 'error')")
+
+
+def test_errors_and_empty_text_are_shown(page):
+    page.fill("#beam-size", "99")
+    translate_in_page(page, "a b c")
+    assert "beam_size" in page.inner_text("#status")
+    assert page.locator("#status.error").count() == 1
+    page.fill("#beam-size", "2")
+    translate_in_page(page, "")
+    assert page.inner_text("#translation") == "(empty translation)"
+    assert page.locator("#heatmap rect.cell").count() == 0
+    assert "empty" in page.inner_text("#heatmap-note")
