@@ -12,33 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 from attnmt.evaluation import markdown_table
+from report import machine, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ["configs/multi30k_de_en_rnn.yaml", "configs/multi30k_de_en_none.yaml"]
 DATA = ROOT.parent / "shared" / "data" / "multi30k"
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return (f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, {platform.system()} {platform.machine()}")
 
 
 def measure_one(config_path: str, minutes: float, model_dir: Path) -> dict:
@@ -85,25 +71,30 @@ BEGIN, END = "<!-- multi30k:begin -->", "<!-- multi30k:end -->"
 
 
 def write_markdown(results: dict, path: Path) -> None:
+    runs = sorted({(row["command"], row["date"]) for row in results["rows"]}, key=lambda run: run[1])
     section = "\n".join([
         BEGIN,
-        "## Multi30k de→en, RNN with and without attention (core issue)",
+        "## Multi30k de→en: RNN with and without attention, and the Transformer",
         "",
-        f"Command: `{results['command']}`  ",
-        f"Machine: {results['machine']}, {results['threads']} torch threads.  ",
-        f"Budget: {results['minutes']} minutes of training per config (wall clock, validations included); "
-        "test2016, 1,000 sentences; sacreBLEU `" + results["rows"][0]["bleu_signature"] + "`.",
+        f"Machine: {results['machine']}; torch threads as set in each config (2).  ",
+        "Each config trains for its wall-clock budget (validations included), then decodes test2016 (1,000 "
+        "sentences) with the best checkpoint by dev BLEU; sacreBLEU `" + results["rows"][0]["bleu_signature"] + "`.",
+        "Runs (each row comes from one of them):",
+        "",
+        *[f"- `{command}` ({date})" for command, date in runs],
         "",
         markdown_table(results["rows"], COLUMNS),
         END,
     ])
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\nEvery number here comes from a command in this repository; rerun it to check.\n"
-    if BEGIN in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
+    replace_section(path, BEGIN, END, section)
+
+
+def merged_rows(json_path: Path, new_rows: list[dict]) -> list[dict]:
+    """Earlier rows of other configs are kept, so configs can be measured in separate runs; a config measured
+    again replaces its row."""
+    old = json.loads(json_path.read_text(encoding="utf-8"))["rows"] if json_path.exists() else []
+    measured = {row["config"] for row in new_rows}
+    return [row for row in old if row["config"] not in measured] + new_rows
 
 
 def main() -> None:
@@ -120,6 +111,7 @@ def main() -> None:
         return
     if not DATA.is_dir():
         sys.exit(f"Multi30k not found at {DATA}: this benchmark reads ../shared/data/multi30k beside the repository")
+    command = "python " + " ".join(["benchmarks/multi30k.py"] + sys.argv[1:])
     rows = []
     for config in args.configs:
         model_dir = Path(args.work_dir) / Path(config).stem
@@ -128,14 +120,15 @@ def main() -> None:
         print(f"training {config} for {args.minutes} minutes into {model_dir} ...", flush=True)
         output = subprocess.run([sys.executable, __file__, "--one", config, "--minutes", str(args.minutes),
                                  "--work-dir", str(model_dir)], check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(output.strip().splitlines()[-1]))
+        row = json.loads(output.strip().splitlines()[-1])
+        rows.append({**row, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         print(json.dumps(rows[-1]), flush=True)
-    results = {"command": "python " + " ".join(["benchmarks/multi30k.py"] + sys.argv[1:]), "machine": machine(),
-               "threads": torch.get_num_threads(), "minutes": args.minutes, "rows": rows}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
+    json_path = Path(args.json)
+    results = {"machine": machine(), "rows": merged_rows(json_path, rows)}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1), encoding="utf-8")
     write_markdown(results, Path(args.markdown))
-    print(markdown_table(rows, COLUMNS))
+    print(markdown_table(results["rows"], COLUMNS))
 
 
 if __name__ == "__main__":

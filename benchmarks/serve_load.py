@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import socket
 import statistics
@@ -31,6 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
+from report import machine, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- serve:begin -->", "<!-- serve:end -->"
@@ -39,20 +38,6 @@ SERVER = ("import json, sys; from attnmt.serve import ServeSettings, serve; a = 
 COLUMNS = [("mode", "mode"), ("clients", "clients"), ("requests_per_s", "requests/s"), ("p50_ms", "p50 ms"),
            ("p99_ms", "p99 ms"), ("requests", "requests"), ("errors", "errors"), ("mean_batch", "mean batch"),
            ("server_peak_rss_mib", "server peak RSS MiB")]
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import torch
-
-    return (f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, {platform.system()} {platform.machine()}")
 
 
 def load_sentences(model_dir: Path, path: str | None, max_chars: int, limit: int = 2000) -> list[str]:
@@ -213,16 +198,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"**{ratio}×** with {clients} client{'' if clients == '1' else 's'}"
         for clients, ratio in results["speedup"].items()) + ".")
     lines.append(END)
-    section = "\n".join(lines)
-    text = path.read_text(encoding="utf-8") if path.exists() else \
-        "# Benchmarks\n\nEvery number here comes from a command in this repository; rerun it to check.\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    replace_section(path, BEGIN, END, "\n".join(lines))
 
 
 def main() -> None:
