@@ -60,10 +60,11 @@ def _force_end(log_probs: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
     return log_probs
 
 
-def _attention_matrix(history: list[torch.Tensor] | None, source_length: int) -> np.ndarray | None:
+def _attention_matrix(history: torch.Tensor | None, source_length: int) -> np.ndarray | None:
+    """history [T, S] or [T, L, H, S] → numpy, cut to the real source positions."""
     if history is None:
         return None
-    return torch.stack(history).float().cpu().numpy()[..., :source_length]  # [T, S] or [T, L, H, S]
+    return history.float().cpu().numpy()[..., :source_length]
 
 
 @torch.inference_mode()
@@ -95,7 +96,7 @@ def greedy_search(model, src: torch.Tensor, src_mask: torch.Tensor, max_length_r
     results = []
     for i in range(batch):
         length = tokens[i].index(EOS_ID)
-        history = None if weights_per_step[0] is None else [w[i] for w in weights_per_step[:length + 1]]
+        history = None if weights_per_step[0] is None else torch.stack([w[i] for w in weights_per_step[:length + 1]])
         score = float(scores[i])
         results.append([Hypothesis(tokens[i][:length], score, _attention_matrix(history, source_lengths[i]),
                                    score / length_penalty(length + 1, 0.0))])
@@ -110,72 +111,85 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam_size: int
     best first by score / lp(length).
 
     Each step takes the 2k best extensions of the k alive prefixes: those that end in EOS among the top k are
-    finished, the best k that do not end continue. A sentence is done when it has k finished hypotheses and no alive
-    prefix can still beat the k-th best of them (scores only fall as a prefix grows, so the best an alive prefix can
-    reach is its score / lp(length limit)).
+    finished, the best k that do not end continue. A sentence is done when it has k finished hypotheses and the
+    k-th best of them is at least the best alive prefix's score / lp(its length if it ended at the next step): for
+    α = 0, where scores only fall as a prefix grows, no alive prefix can then win; for α > 0 this is the usual
+    heuristic. Done sentences leave the batch, so the rest decode on fewer rows.
     """
     if n_best > beam_size:
         raise ValueError(f"n_best ({n_best}) cannot exceed beam_size ({beam_size})")
     batch, k, device = src.size(0), beam_size, src.device
-    rows = torch.arange(batch, device=device).repeat_interleave(k)  # sentence of each row [B·k]
-    memory = select(model.encode(src, src_mask), rows)
+    beams = torch.arange(k, device=device)
+    memory = select(model.encode(src, src_mask), torch.arange(batch, device=device).repeat_interleave(k))
     state = model.start_state(memory)
-    limits = max_lengths(src_mask, max_length_ratio).repeat_interleave(k)  # [B·k]
+    limits = max_lengths(src_mask, max_length_ratio)  # [B]
     source_lengths = _source_lengths(src_mask)
-    sentence_limits = limits.view(batch, k)[:, 0].tolist()
 
-    alive_scores = torch.full((batch, k), float("-inf"), dtype=torch.float64, device=device)
+    active = torch.arange(batch, device=device)  # the sentence of each of the A active rows of k beams
+    alive_scores = torch.full((batch, k), float("-inf"), dtype=torch.float64, device=device)  # [A, k]
     alive_scores[:, 0] = 0.0  # all beams start as the same empty prefix: keep one
-    alive_tokens = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # [B·k, t]
-    alive_attention: list[torch.Tensor] | None = []  # per step [B·k, ..., S], reordered as beams move
+    alive_tokens = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # [A·k, t]
+    alive_attention: torch.Tensor | None = None  # [A·k, t, ..., S], reordered as beams move
     prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
 
     for t in range(int(limits.max()) + 1):
-        log_probs, state, weights = model.step(prev, state, memory)  # [B·k, V], [B·k, ..., S]
-        log_probs = _force_end(log_probs, limits <= t).double()
-        vocab = log_probs.size(-1)
-        candidates = (alive_scores.view(-1, 1) + log_probs).view(batch, k * vocab)  # [B, k·V]
-        top_scores, top_ids = candidates.topk(min(2 * k, k * vocab), dim=1)  # [B, 2k]
+        log_probs, state, weights = model.step(prev, state, memory)  # [A·k, V], [A·k, ..., S]
+        log_probs = _force_end(log_probs, limits[active].repeat_interleave(k) <= t)
+        count, vocab = active.numel(), log_probs.size(-1)
+        candidates = (alive_scores.float().view(-1, 1) + log_probs).view(count, k * vocab)  # [A, k·V]
+        top_ids = candidates.topk(min(2 * k, k * vocab), dim=1).indices  # [A, 2k]
         origin = top_ids // vocab  # beam each candidate extends
         token = top_ids % vocab
+        # the chosen candidates' scores, summed in float64 (ranking the whole k·V candidates in float32 is enough)
+        step_log_probs = log_probs.view(count, k, vocab)[torch.arange(count, device=device).unsqueeze(1), origin, token]
+        top_scores = alive_scores.gather(1, origin) + step_log_probs.double()  # [A, 2k]
         is_eos = token == EOS_ID
-        step_attention = alive_attention if weights is not None else None
+        if weights is not None:
+            history = weights.unsqueeze(1) if alive_attention is None else \
+                torch.cat([alive_attention, weights.unsqueeze(1)], dim=1)  # [A·k, t + 1, ..., S]
 
-        # Finish: EOS candidates among the top k, for sentences not yet done.
-        finishing = is_eos[:, :k] & torch.isfinite(top_scores[:, :k]) & ~done.unsqueeze(1)
-        for b, j in finishing.nonzero().tolist():
-            row = b * k + int(origin[b, j])
-            length = t + 1  # tokens so far plus EOS
-            history = None if step_attention is None else [a[row] for a in step_attention] + [weights[row]]
-            score = float(top_scores[b, j])
-            finished[b].append(Hypothesis(alive_tokens[row].tolist(), score,
-                                          _attention_matrix(history, source_lengths[b]),
-                                          score / length_penalty(length, length_penalty_alpha)))
+        # Finish: EOS candidates among the top k.
+        finishing = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])
+        for a, j in finishing.nonzero().tolist():
+            sentence, row = int(active[a]), a * k + int(origin[a, j])
+            score = float(top_scores[a, j])
+            attention = None if weights is None else history[row]
+            finished[sentence].append(Hypothesis(alive_tokens[row].tolist(), score,
+                                                 _attention_matrix(attention, source_lengths[sentence]),
+                                                 score / length_penalty(t + 1, length_penalty_alpha)))
 
         # Continue: the best k candidates that do not end here.
         rank = is_eos.long() * top_ids.size(1) + torch.arange(top_ids.size(1), device=device)
-        keep = rank.argsort(dim=1)[:, :k]  # [B, k]
+        keep = rank.argsort(dim=1)[:, :k]  # [A, k]
         alive_scores = top_scores.gather(1, keep).masked_fill(is_eos.gather(1, keep), float("-inf"))
-        best_reachable = alive_scores.max(dim=1).values.tolist()  # [B]
-        for b, hypotheses in enumerate(finished):
-            if len(hypotheses) >= k:
-                kth_best = sorted((h.normalized_score for h in hypotheses), reverse=True)[k - 1]
-                if kth_best >= best_reachable[b] / length_penalty(sentence_limits[b] + 1, length_penalty_alpha):
-                    done[b] = True
-        alive_scores = alive_scores.masked_fill(done.unsqueeze(1), float("-inf"))
-        parents = (origin.gather(1, keep) + torch.arange(batch, device=device).unsqueeze(1) * k).view(-1)
+        parents = (origin.gather(1, keep) + torch.arange(count, device=device).unsqueeze(1) * k).view(-1)
         prev = token.gather(1, keep).view(-1)
+
+        # Done sentences leave the batch.
+        bound = (alive_scores.max(dim=1).values / length_penalty(t + 2, length_penalty_alpha)).tolist()
+        going = torch.tensor([not _is_done(finished[int(sentence)], k, bound[a]) for a, sentence in enumerate(active)],
+                             dtype=torch.bool, device=device)
+        if not bool(going.any()):
+            break
+        if not bool(going.all()):
+            rows = (going.nonzero().view(-1, 1) * k + beams).view(-1)  # the rows of the sentences still going
+            parents, prev, alive_scores, active = parents[rows], prev[rows], alive_scores[going], active[going]
+            memory = select(memory, rows)
         alive_tokens = torch.cat([alive_tokens.index_select(0, parents), prev.unsqueeze(1)], dim=1)
         if weights is not None:
-            alive_attention = [a.index_select(0, parents) for a in alive_attention] + [weights.index_select(0, parents)]
+            alive_attention = history.index_select(0, parents)
         state = select(state, parents)
-        if bool(done.all()):
-            break
 
     results = []
     for hypotheses in finished:
         hypotheses.sort(key=lambda h: h.normalized_score, reverse=True)
         results.append(hypotheses[:n_best])
     return results
+
+
+def _is_done(hypotheses: list[Hypothesis], k: int, best_alive: float) -> bool:
+    """k hypotheses finished, and the k-th best of them is at least what the best alive prefix can still reach."""
+    if len(hypotheses) < k:
+        return False
+    return sorted((h.normalized_score for h in hypotheses), reverse=True)[k - 1] >= best_alive

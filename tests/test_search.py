@@ -328,3 +328,26 @@ def test_translator_passes_the_search_options_on(reversal_translator, inputs):
         assert orders[alpha] == [[reversal_translator.tokenizer.decode_target(h.tokens) for h in hypotheses]
                                  for hypotheses in direct]
     assert orders[0.0] != orders[2.0]
+
+
+def test_done_sentences_leave_the_beam_batch(reversal_translator):
+    """A short and a long sentence decoded together: once the short one is done, steps run on the long one's k rows
+    only, and both results equal decoding each sentence alone."""
+    model = reversal_translator.model
+    short, long = reversal_translator.tokenizer.encode_source(["a b c", "a b c d e f g h i j a b c d e f"])
+    rows_per_step = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def step(self, prev, state, memory):
+            rows_per_step.append(prev.numel())
+            return model.step(prev, state, memory)
+
+    src, src_mask = pad_sequences([short, long])
+    together = beam_search(Counting(), src, src_mask, beam_size=4, length_penalty_alpha=1.0)
+    assert rows_per_step[0] == 8 and rows_per_step[-1] == 4
+    for ids, result in zip([short, long], together):
+        alone = beam_search(model, *pad_sequences([ids]), beam_size=4, length_penalty_alpha=1.0)
+        assert alone[0][0].tokens == result[0].tokens
