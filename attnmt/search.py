@@ -92,14 +92,14 @@ def greedy_search(model, src: torch.Tensor, src_mask: torch.Tensor, max_length_r
         if bool(finished.all()):
             break
     tokens = torch.stack(steps, dim=1).tolist()  # [B, T]
+    attention = None if weights_per_step[0] is None else torch.stack(weights_per_step, dim=1)  # [B, T, ..., S]
     source_lengths = _source_lengths(src_mask)
     results = []
     for i in range(batch):
         length = tokens[i].index(EOS_ID)
-        history = None if weights_per_step[0] is None else torch.stack([w[i] for w in weights_per_step[:length + 1]])
+        history = None if attention is None else attention[i, :length + 1]
         score = float(scores[i])
-        results.append([Hypothesis(tokens[i][:length], score, _attention_matrix(history, source_lengths[i]),
-                                   score / length_penalty(length + 1, 0.0))])
+        results.append([Hypothesis(tokens[i][:length], score, _attention_matrix(history, source_lengths[i]), score)])
     return results
 
 
