@@ -31,13 +31,54 @@ def _search_options(args) -> dict:
             "batch_size": args.batch_size}
 
 
+def _train_arguments(args) -> list[str]:
+    """The arguments of `attnmt train` as given, less --distributed: what each of its processes runs."""
+    arguments = [args.config]
+    if args.model_dir:
+        arguments += ["--model-dir", args.model_dir]
+    for pair in args.set:
+        arguments += ["--set", pair]
+    return arguments + ["--resume"] * args.resume + ["--quiet"] * args.quiet
+
+
+def launch_distributed(args) -> None:
+    """`attnmt train --distributed N ...`: `torchrun --standalone --nproc-per-node N -m attnmt train ...`, N processes
+    on this machine. Several machines: run torchrun on each (docs/distributed.md)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    from attnmt import distributed
+    from attnmt.config import load_config
+
+    if args.distributed < 1:
+        raise AttnmtError(f"--distributed {args.distributed}: give the number of processes, at least 1 (e.g. one per "
+                          f"GPU)")
+    if distributed.launched_by_torchrun():
+        raise AttnmtError("--distributed starts torchrun, but this process already is one of torchrun's: drop "
+                          "--distributed (torchrun's --nproc-per-node sets the number of processes)")
+    load_config(args.config, _overrides(args.set))  # a bad config is one message here, not one per process
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={args.distributed}", "-m", "attnmt", "train",
+                  *_train_arguments(args)])
+    except ChildFailedError as failure:
+        codes = sorted({f.exitcode for f in failure.failures.values()})
+        raise AttnmtError(f"training processes failed (exit code {', '.join(map(str, codes))}); their messages "
+                          f"are above") from None
+
+
 def command_train(args) -> None:
+    from attnmt import distributed
     from attnmt.config import load_config
     from attnmt.training import train
 
+    if args.distributed is not None:
+        launch_distributed(args)
+        return
     config = load_config(args.config, _overrides(args.set))
     summary = train(config, Path(args.model_dir) if args.model_dir else None, resume=args.resume,
                     show_progress=not args.quiet)
+    if not distributed.is_main():
+        return
     print(f"trained {summary['steps']} steps in {summary['seconds'] / 60:.1f} min "
           f"({summary['target_tokens_per_second']:,.0f} target tokens/s); best dev BLEU {summary['best_dev_bleu']:.2f}; "
           f"model in {summary['model_dir']}")
@@ -180,7 +221,7 @@ def command_demo(args) -> None:
 def command_study(args) -> None:
     from attnmt.study import run_study
 
-    rows = run_study(args.config, args.grid, args.out)
+    rows = run_study(args.config, args.grid, args.out, args.cells)
     print(f"{len(rows)} cells; tables and plots in {args.out}")
 
 
@@ -212,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set training.max_steps=100")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--distributed", type=int, metavar="N",
+                       help="train with N processes on this machine (DistributedDataParallel: one per GPU with NCCL, "
+                            "else CPU processes with gloo) by starting torchrun; several machines: "
+                            "docs/distributed.md")
     train.set_defaults(run=command_train)
 
     translate = commands.add_parser("translate", help="translate stdin (or --input) to stdout, line by line")
@@ -248,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     study = commands.add_parser("study", help="train one model per grid cell and compare them")
     study.add_argument("config", help="the base YAML config")
     study.add_argument("--grid", required=True, help="YAML grid: budget, vary and/or cells (see attnmt/study.py)")
-    study.add_argument("--out", required=True, help="output folder; finished cells in it are reused")
+    study.add_argument("--out", required=True, help="output folder for the tables and plots")
+    study.add_argument("--cells", help="where the trained cells go, one folder per config (default OUT/cells); "
+                                       "cells already there are reused, and study processes sharing it split the work")
     study.set_defaults(run=command_study)
 
     serve = commands.add_parser("serve", help="serve a model over HTTP: a JSON API with request batching, and a page "

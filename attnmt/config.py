@@ -198,6 +198,10 @@ AnyModelConfig = Annotated[Union[RNNConfig, TransformerConfig], Field(discrimina
 class TrainingConfig(Section):
     seed: int = 1
     batch_tokens: int = Field(2000, ge=1, description="token budget of one batch (max of source/target length × sentences)")
+    batches_per_step: int = Field(1, ge=1, description="batches each process trains on before one optimizer step "
+                                                   "(gradient accumulation): a step takes batches_per_step × "
+                                                   "processes consecutive batches, and its loss is normalized by "
+                                                   "all their target tokens")
     max_steps: int | None = Field(None, ge=1)
     max_epochs: int | None = Field(None, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of this run")

@@ -11,16 +11,22 @@ A grid file names the cells, either as a product of values or one by one; each c
     cells:                                        # and/or explicit cells
       - {name: bahdanau_additive, set: {model.decoder_style: bahdanau, model.attention: additive}}
 
-The output folder gets results.json and results.md (BLEU, chrF, parameters, train tokens/s and mean attention
+Trained cells go to --cells (default OUT/cells), one folder per distinct config, so a cell two grids share is
+trained once; two study processes started on the same --cells split the cells between them (one thread each on two
+cores is faster than one process with two threads). The output folder gets results.json and results.md (BLEU, chrF, parameters, train tokens/s and mean attention
 entropy per cell), bleu_by_length.png (one line per cell, the shape of Bahdanau et al. 2015, Fig. 2) and
 heatmaps/CELL.png for the same test sentences in every cell.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
+import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +41,10 @@ from attnmt.training import Trainer
 from attnmt.translator import Translator
 
 HEATMAP_SENTENCES = 2
+LENGTH_BUCKET = 5  # words per bucket of the BLEU-by-length plot
+MIN_BUCKET_SENTENCES = 20  # smaller buckets are in results.json but not on the plot
+RESULT_FILE = "study_result.json"
+POLL_SECONDS = 10
 
 
 def attention_entropy(weights: np.ndarray) -> float:
@@ -70,14 +80,35 @@ def grid_cells(grid: dict, origin: str) -> list[tuple[str, dict]]:
     return cells
 
 
-def run_cell(config_path: str, name: str, overrides: dict, out: Path) -> dict:
-    """Train one cell (or reuse a finished one) and measure it on the test set."""
-    config = load_config(config_path, {**overrides, "training.tensorboard": False})
-    if config.data.test is None and config.data.split is None:
-        raise ConfigError(f"{config_path}: a study measures on the test set; give `data.test` or `data.split`")
-    model_dir = out / "cells" / name
-    finished = (model_dir / "train_state").exists()
-    trainer = Trainer(config, model_dir, resume=finished, show_progress=False)
+def cell_key(config) -> str:
+    """Cells whose configs agree (apart from name and model_dir) share one trained model: a hash of the config."""
+    settings = config.model_dump(mode="json")
+    settings.pop("name", None), settings.pop("model_dir", None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _claim(lock: Path) -> bool:
+    """Take the lock file of a cell (another study process may be training it); a dead owner's lock is taken over."""
+    try:
+        descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            owner = int(lock.read_text() or 0)
+            os.kill(owner, 0)
+            return False
+        except (ValueError, ProcessLookupError, FileNotFoundError):
+            lock.unlink(missing_ok=True)
+            return _claim(lock)
+        except PermissionError:
+            return False
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(str(os.getpid()))
+    return True
+
+
+def train_and_measure(config, model_dir: Path) -> dict:
+    """Train one cell (resuming an interrupted one) and measure it on the test set; heatmaps go into model_dir."""
+    trainer = Trainer(config, model_dir, resume=(model_dir / "train_state").exists(), show_progress=False)
     summary = trainer.train()
     test = trainer.corpora.test if config.data.split else read_corpus(config.data.test)
     sources, references = [s for s, _ in test], [r for _, r in test]
@@ -85,21 +116,29 @@ def run_cell(config_path: str, name: str, overrides: dict, out: Path) -> dict:
     hypotheses = [t.text for t in translations]
     scores = corpus_scores(hypotheses, references)
     with_attention = [t.attention for t in translations if t.attention is not None and t.attention.size]
-    row = {"cell": name, "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2),
-           "parameters": sum(p.numel() for p in trainer.model.parameters()),
-           "train_tgt_tokens_per_s": round(summary["target_tokens_per_second"]),
-           "steps": summary["steps"], "train_minutes": round(summary["seconds"] / 60, 1),
-           "attention_entropy": round(float(np.mean([attention_entropy(a) for a in with_attention])), 3)
-           if with_attention else math.nan,
-           "bleu_by_length": bleu_by_length(source_word_lengths(sources), hypotheses, references),
-           "bleu_signature": scores["bleu_signature"]}
+    result = {"bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2),
+              "parameters": sum(p.numel() for p in trainer.model.parameters()),
+              "train_tgt_tokens_per_s": round(summary["target_tokens_per_second"]),
+              "steps": summary["steps"], "train_minutes": round(summary["seconds"] / 60, 1),
+              "attention_entropy": round(float(np.mean([attention_entropy(a) for a in with_attention])), 3)
+              if with_attention else math.nan,
+              "bleu_by_length": bleu_by_length(source_word_lengths(sources), hypotheses, references,
+                                               bucket_width=LENGTH_BUCKET),
+              "bleu_signature": scores["bleu_signature"]}
     examples = sorted(range(len(sources)), key=lambda i: -len(source_word_lengths([sources[i]])))[:HEATMAP_SENTENCES]
     for rank, i in enumerate(sorted(examples)):
         if translations[i].attention is not None and translations[i].attention.size:
             plot_attention(translations[i].attention, translations[i].source_tokens,
-                           translations[i].target_tokens_with_eos, out / "heatmaps" / f"{name}_{rank}.png",
-                           title=f"{name}: {translations[i].text}")
-    return row
+                           translations[i].target_tokens_with_eos, model_dir / f"heatmap_{rank}.png",
+                           title=translations[i].text)
+    write_atomically(model_dir / RESULT_FILE, json.dumps(result, indent=1))
+    return result
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
 
 
 COLUMNS = [("cell", "cell"), ("bleu", "BLEU"), ("chrf", "chrF"), ("parameters", "params"),
@@ -107,24 +146,59 @@ COLUMNS = [("cell", "cell"), ("bleu", "BLEU"), ("chrf", "chrF"), ("parameters", 
            ("attention_entropy", "attention entropy (nats)")]
 
 
-def run_study(config_path: str, grid_path: str, out: str | Path) -> list[dict]:
-    """Run every cell of the grid and write the tables and plots; finished cells are reused."""
+def run_study(config_path: str, grid_path: str, out: str | Path, cells_dir: str | Path | None = None) -> list[dict]:
+    """Run every cell of the grid and write the tables and plots.
+
+    Trained cells live in `cells_dir` (default OUT/cells) under a hash of their config, so a cell that another grid
+    already trained with the same config is reused, and a finished study re-runs in seconds. Several study processes
+    may share one `cells_dir`: each trains the cells nobody else has claimed (a lock file per cell) and waits for
+    the rest, so two processes with one thread each split a grid between them.
+    """
     grid_file = Path(grid_path)
     if not grid_file.is_file():
         raise ConfigError(f"grid file {grid_file} does not exist")
     cells = grid_cells(yaml.safe_load(grid_file.read_text(encoding="utf-8")) or {}, str(grid_file))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    cells_root = Path(cells_dir) if cells_dir is not None else out / "cells"
+    cells_root.mkdir(parents=True, exist_ok=True)
+    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    configs = {}
     for name, overrides in cells:
-        print(f"cell {name}: {overrides}", flush=True)
-        rows.append(run_cell(config_path, name, overrides, out))
-        print(f"  BLEU {rows[-1]['bleu']}, chrF {rows[-1]['chrf']}", flush=True)
-        (out / "results.json").write_text(json.dumps({"config": config_path, "grid": grid_path, "rows": rows},
-                                                     indent=1), encoding="utf-8")
+        config = load_config(config_path, {**overrides, "training.tensorboard": False})
+        if config.data.test is None and config.data.split is None:
+            raise ConfigError(f"{config_path}: a study measures on the test set; give `data.test` or `data.split`")
+        configs[name] = config
+    results: dict[str, dict] = {}
+    while len(results) < len(cells):
+        waiting = False
+        for name, overrides in cells:
+            if name in results:
+                continue
+            model_dir = cells_root / cell_key(configs[name])
+            if (model_dir / RESULT_FILE).exists():
+                results[name] = json.loads((model_dir / RESULT_FILE).read_text(encoding="utf-8"))
+            elif _claim(cells_root / f"{model_dir.name}.lock"):
+                print(f"cell {name} ({model_dir}): {overrides}", flush=True)
+                try:
+                    results[name] = train_and_measure(configs[name], model_dir)
+                finally:
+                    (cells_root / f"{model_dir.name}.lock").unlink(missing_ok=True)
+                print(f"  BLEU {results[name]['bleu']}, chrF {results[name]['chrf']}", flush=True)
+            else:
+                waiting = True
+                continue
+            for heatmap in sorted(model_dir.glob("heatmap_*.png")):
+                shutil.copyfile(heatmap, out / "heatmaps" / f"{name}_{heatmap.stem.split('_')[-1]}.png")
+        if waiting and len(results) < len(cells):
+            time.sleep(POLL_SECONDS)
+    rows = [{"cell": name, **results[name]} for name, _ in cells]
+    write_atomically(out / "results.json", json.dumps({"config": config_path, "grid": grid_path, "rows": rows},
+                                                      indent=1))
     table = markdown_table(rows, COLUMNS)
-    (out / "results.md").write_text(f"Config `{config_path}`, grid `{grid_path}`; test BLEU "
-                                    f"`{rows[0]['bleu_signature']}`.\n\n{table}\n", encoding="utf-8")
-    series = {row["cell"]: [((b["low"] + b["high"]) / 2, b["bleu"]) for b in row["bleu_by_length"]] for row in rows}
-    plot_lines(series, "source length (words)", "BLEU", "BLEU by source sentence length", out / "bleu_by_length.png")
+    write_atomically(out / "results.md", f"Config `{config_path}`, grid `{grid_path}`; test BLEU "
+                                         f"`{rows[0]['bleu_signature']}`.\n\n{table}\n")
+    series = {row["cell"]: [((b["low"] + b["high"]) / 2, b["bleu"]) for b in row["bleu_by_length"]
+                            if b["sentences"] >= MIN_BUCKET_SENTENCES] for row in rows}
+    plot_lines(series, "source length (words, bucket middle)", "BLEU", "BLEU by source sentence length",
+               out / "bleu_by_length.png")
     return rows

@@ -8,24 +8,32 @@
     lr(step) = base · min(step / warmup, √(warmup / step))     schedule: inverse_sqrt (the Transformer's): linear
                                                                 warmup to base, then decay as 1/√step
 
+One optimizer step trains on `batches_per_step` consecutive batches of the epoch's order (gradient accumulation),
+each process of a distributed run on its own share of them (see attnmt/distributed.py); the loss is normalized by the
+target tokens of the whole step, so the step's gradient is the same however many processes share it.
+
 Every `validate_every` steps: dev loss and dev sacreBLEU; the best model by BLEU goes to MODEL_DIR/model.safetensors,
 the last step to MODEL_DIR/train_state/ (parameters, optimizer, RNG, schedule and the position in the data), from
-which `attnmt train --resume` continues exactly where the run stopped.
+which `attnmt train --resume` continues exactly where the run stopped. In a distributed run only the main process
+(rank 0) validates and writes; the others wait for it and take over its results.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from attnmt import checkpoint
+from attnmt import checkpoint, distributed
 from attnmt.config import Config
 from attnmt.data import Batch, ParallelData, Tokenizer, drop_empty_pairs, read_corpus, split_by_target
 from attnmt.data.tokenizer import PAD_ID
@@ -120,13 +128,15 @@ class Progress:
 
 
 class Trainer:
-    """Holds the model, optimizer, data and progress of one training run."""
+    """Holds the model, optimizer, data and progress of one training run (of this process, in a distributed run)."""
 
-    def __init__(self, config: Config, model_dir: Path | None = None, resume: bool = False, show_progress: bool = True):
+    def __init__(self, config: Config, model_dir: Path | None = None, resume: bool = False, show_progress: bool = True,
+                 context: distributed.Context | None = None):
         self.config = config
         self.settings = config.training
         self.model_dir = Path(model_dir or config.model_dir)
-        self.show_progress = show_progress
+        self.dist = context or distributed.Context()  # the single process of a plain run
+        self.show_progress = show_progress and self.dist.is_main
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         saved = checkpoint.has_train_state(self.model_dir)
@@ -139,19 +149,15 @@ class Trainer:
         torch.manual_seed(self.settings.seed)
         self.corpora = read_corpora(config)
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self.tokenizer = Tokenizer.load(self.model_dir)
-        else:
-            sources, targets = zip(*self.corpora.train)
-            self.tokenizer = Tokenizer.train(config.tokenizer, list(sources), list(targets), self.model_dir)
-            checkpoint.write_text(self.model_dir / checkpoint.CONFIG_FILE, config.to_yaml())
+        self.tokenizer = Tokenizer.load(self.model_dir) if resume else self._new_tokenizer()
         self.train_data, self.dropped_long = ParallelData.from_pairs(self.corpora.train, self.tokenizer,
                                                                     config.data.max_length)
         if len(self.train_data) == 0:
             raise ConfigError(f"no training pair is left after dropping pairs over `data.max_length` "
                               f"({config.data.max_length} subwords); raise it")
         self.dev_data, _ = ParallelData.from_pairs(self.corpora.dev, self.tokenizer, 10 ** 9)
-        self.model = build_model(config.model, self.tokenizer.src_vocab_size, self.tokenizer.tgt_vocab_size)
+        self.model = build_model(config.model, self.tokenizer.src_vocab_size, self.tokenizer.tgt_vocab_size
+                                 ).to(self.dist.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings.learning_rate,
                                           betas=self.settings.adam_betas, weight_decay=self.settings.weight_decay)
         self.schedule = LearningRateSchedule(self.settings)
@@ -160,7 +166,20 @@ class Trainer:
             saved = checkpoint.load_train_state(self.model_dir, self.model, self.optimizer)
             self.schedule.load_state_dict(saved["schedule"])
             self.progress = Progress(**saved["progress"])
+        self.network = self.dist.wrap(self.model)  # what training calls; DDP all-reduces the gradients in backward
         self.writer = None
+
+    def _new_tokenizer(self) -> Tokenizer:
+        """Train the tokenizer on the training sentences and write config.yaml next to it. In a distributed run the
+        main process does, and the others load what it wrote."""
+        if not self.dist.is_main:
+            self.dist.barrier()  # until the main process has written the tokenizer
+            return Tokenizer.load(self.model_dir)
+        sources, targets = zip(*self.corpora.train)
+        tokenizer = Tokenizer.train(self.config.tokenizer, list(sources), list(targets), self.model_dir)
+        checkpoint.write_text(self.model_dir / checkpoint.CONFIG_FILE, self.config.to_yaml())
+        self.dist.barrier()
+        return tokenizer
 
     # --- reporting -----------------------------------------------------------------------------------------------
 
@@ -172,8 +191,13 @@ class Trainer:
                 f"{self.tokenizer.tgt_vocab_size} target ({'joint' if self.tokenizer.joint else 'separate'}); "
                 f"model {sum(p.numel() for p in self.model.parameters()):,} parameters")
 
+    def distributed_report(self) -> str:
+        d = self.dist
+        return (f"distributed: {d.world_size} processes ({d.backend} on {d.device.type}); one step takes "
+                f"{self.batches_per_step} batches, {self.settings.batches_per_step} per process")
+
     def _log_scalars(self, values: dict[str, float]) -> None:
-        if not self.settings.tensorboard:
+        if not self.settings.tensorboard or not self.dist.is_main:
             return
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
@@ -183,21 +207,54 @@ class Trainer:
 
     # --- one step ------------------------------------------------------------------------------------------------
 
-    def train_step(self, batch: Batch) -> float:
-        """Forward, backward, clip, update. Returns the loss per target token."""
-        self.model.train()
+    @property
+    def batches_per_step(self) -> int:
+        """Batches one optimizer step takes from the epoch's order: `training.batches_per_step` per process."""
+        return self.settings.batches_per_step * self.dist.world_size
+
+    def _target_tokens(self, indices: list[int]) -> int:
+        """Target tokens the batch of training pairs `indices` predicts, EOS included (its `num_tgt_tokens`)."""
+        return sum(len(self.train_data.tgt_ids[i]) + 1 for i in indices)
+
+    def _seed_dropout(self) -> None:
+        """Distributed runs only: seed this step's dropout from (seed, step, rank), so that processes drop different
+        units, and a resumed run draws what the straight run drew (train_state keeps one random state, rank 0's).
+        A single process keeps its one random stream, which train_state saves and restores."""
+        if self.dist.enabled:
+            seed = ((self.settings.seed * 1_000_003 + self.progress.step) * 65_537 + self.dist.rank) % 2 ** 63
+            torch.manual_seed(seed)
+
+    def _keeping_gradients_local(self, last: bool):
+        """Where DDP's backward should not all-reduce yet: every batch of a step but this process's last, whose
+        backward all-reduces the summed gradients once (DDP's `no_sync`). A no-op in a single process."""
+        return self.network.no_sync() if self.dist.enabled and not last else nullcontext()
+
+    def train_step(self, batches: Batch | Sequence[Batch], step_tokens: int | None = None) -> float:
+        """One optimizer step: forward and backward on each of this process's batches (their gradients add up),
+        then clip and update. `step_tokens`: the target tokens of the whole step, over all processes (default:
+        those of `batches`). Returns the step's loss per target token, over all processes."""
+        batches = [batches] if isinstance(batches, Batch) else list(batches)
+        step_tokens = step_tokens or sum(batch.num_tgt_tokens for batch in batches)
+        self.network.train()
+        self._seed_dropout()
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule.rate(self.progress.step + 1)
-        logits, _ = self.model(batch.src, batch.src_mask, batch.tgt_in)
-        loss = sequence_loss(logits, batch.tgt_out, self.settings.label_smoothing) / batch.num_tgt_tokens
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        summed = 0.0  # Σ cross-entropy of this process's tokens
+        for position, batch in enumerate(batches):
+            batch = batch.to(self.dist.device)
+            with self._keeping_gradients_local(last=position == len(batches) - 1):
+                logits, _ = self.network(batch.src, batch.src_mask, batch.tgt_in)  # [B, T, V]
+                loss = sequence_loss(logits, batch.tgt_out, self.settings.label_smoothing)
+                # × world size: DDP averages the gradients of the processes, and the step's gradient is their sum
+                (loss * self.dist.world_size / step_tokens).backward()
+            summed = summed + loss.detach()
         if self.settings.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad_norm)
         self.optimizer.step()
         self.progress.step += 1
-        self.progress.target_tokens += batch.num_tgt_tokens
-        return float(loss.detach())
+        self.progress.target_tokens += step_tokens
+        return float(self.dist.sum(summed) / step_tokens)
 
     # --- validation ----------------------------------------------------------------------------------------------
 
@@ -207,7 +264,7 @@ class Trainer:
         self.model.eval()
         total, tokens = 0.0, 0
         for indices in self.dev_data.batches(self.settings.batch_tokens, shuffle=False, seed=0):
-            batch = self.dev_data.batch(indices)
+            batch = self.dev_data.batch(indices).to(self.dist.device)
             logits, _ = self.model(batch.src, batch.src_mask, batch.tgt_in)
             total += float(sequence_loss(logits, batch.tgt_out, 0.0))
             tokens += batch.num_tgt_tokens
@@ -217,7 +274,7 @@ class Trainer:
         """Dev loss and BLEU; save the model if BLEU improved. Regular validations also drive the schedule and
         early stopping; the one at the very end of a run only saves (so a stopped and resumed run trains the same)."""
         loss = self.dev_loss()
-        translator = Translator(self.model, self.tokenizer, self.config)
+        translator = Translator(self._translation_model(), self.tokenizer, self.config)
         sources, references = zip(*self.corpora.dev)
         hypotheses = [r.text for r in translator.translate(list(sources), beam_size=self.settings.validation_beam_size)]
         scores = corpus_scores(hypotheses, list(references))
@@ -240,7 +297,25 @@ class Trainer:
         self._log_scalars({"dev/loss": loss, "dev/bleu": scores["bleu"], "dev/chrf": scores["chrf"]})
         return record
 
+    def _translation_model(self) -> torch.nn.Module:
+        """The model validation translates with. Translator builds its batches on the CPU, so a model that trains on
+        a GPU is translated from a CPU copy."""
+        return self.model if self.dist.device.type == "cpu" else copy.deepcopy(self.model).cpu()
+
+    def _validate_everywhere(self, drives_schedule: bool = True) -> dict:
+        """`validate` on the main process; the others wait, then take its record, schedule and progress (best BLEU,
+        early-stopping count), so that every process goes on with the same learning rate and stops at the same step."""
+        record = self.validate(drives_schedule) if self.dist.is_main else None
+        record, schedule, progress = self.dist.from_main((record, self.schedule.state_dict(), asdict(self.progress)))
+        self.schedule.load_state_dict(schedule)
+        for name, value in progress.items():
+            setattr(self.progress, name, value)
+        return record
+
     def save_state(self) -> None:
+        """Write train_state/ (the main process only: every process holds the same parameters and optimizer)."""
+        if not self.dist.is_main:
+            return
         checkpoint.save_train_state(self.model_dir, self.model, self.optimizer,
                                     {"schedule": self.schedule.state_dict(), "progress": asdict(self.progress)})
 
@@ -256,23 +331,42 @@ class Trainer:
             return True
         return self.progress.stopped_early
 
+    def _stop(self, run_started: float, seconds_before: float) -> bool:
+        """Whether the run is over; in a distributed run the main process decides (clocks differ between them)."""
+        return self.dist.main_decides(self._out_of_budget(run_started, seconds_before))
+
+    def _steps(self, order: list[list[int]], start: int) -> list[list[list[int]]]:
+        """The epoch's batch order from batch `start` on, cut into the batches of one step each. A last step with
+        fewer batches than a step takes is left out (the next epoch shuffles its order anew)."""
+        size = self.batches_per_step
+        if len(order) < size:
+            raise ConfigError(f"one epoch has {len(order)} batches of `training.batch_tokens` "
+                              f"{self.settings.batch_tokens}, but one step takes {size} "
+                              f"({self.dist.world_size} process(es) × `training.batches_per_step` "
+                              f"{self.settings.batches_per_step}); lower `batch_tokens`, `batches_per_step` or "
+                              f"the number of processes")
+        return [order[first:first + size] for first in range(start, len(order) - size + 1, size)]
+
     def train(self) -> dict:
         """Train until a budget (steps, epochs, minutes) runs out or dev BLEU stops improving."""
         s, p = self.settings, self.progress
         say = tqdm.write if self.show_progress else (lambda _: None)
         say(self.data_report())
+        if self.dist.enabled:
+            say(self.distributed_report())
         bar = tqdm(total=s.max_steps, initial=p.step, disable=not self.show_progress, unit="step",
                    dynamic_ncols=True, desc="train")
         run_started, seconds_before = time.perf_counter(), p.seconds
         window_tokens, window_started, last_record = 0, time.perf_counter(), None
-        while not self._out_of_budget(run_started, seconds_before):
+        while not self._stop(run_started, seconds_before):
             order = self.train_data.batches(s.batch_tokens, shuffle=True, seed=s.seed * 100_003 + p.epoch)
-            for indices in order[p.batch_in_epoch:]:
-                batch = self.train_data.batch(indices)
-                loss = self.train_step(batch)
-                p.batch_in_epoch += 1
+            for step_batches in self._steps(order, p.batch_in_epoch):
+                mine = distributed.shard(step_batches, self.dist.rank, self.dist.world_size)
+                step_tokens = sum(self._target_tokens(indices) for indices in step_batches)
+                loss = self.train_step([self.train_data.batch(indices) for indices in mine], step_tokens)
+                p.batch_in_epoch += len(step_batches)
                 p.seconds = seconds_before + time.perf_counter() - run_started
-                window_tokens += batch.num_tgt_tokens
+                window_tokens += step_tokens
                 bar.update(1)
                 if p.step % s.log_every == 0:
                     elapsed = time.perf_counter() - window_started
@@ -286,24 +380,25 @@ class Trainer:
                                        "train/learning_rate": self.schedule.rate(p.step)})
                     window_tokens, window_started = 0, time.perf_counter()
                 if p.step % s.validate_every == 0:
-                    last_record = self.validate()
+                    last_record = self._validate_everywhere()
                     say(f"step {p.step}: dev loss {last_record['dev_loss']:.3f}, BLEU {last_record['dev_bleu']:.2f}"
                         f"{' (best, saved)' if last_record['best'] else ''}")
                     if s.early_stopping_patience and p.validations_without_improvement >= s.early_stopping_patience:
                         p.stopped_early = True
                         say(f"early stopping: dev BLEU has not improved for {s.early_stopping_patience} validations")
                     self.save_state()
-                if self._out_of_budget(run_started, seconds_before):
+                if self._stop(run_started, seconds_before):
                     break
             else:
                 p.epoch += 1
                 p.batch_in_epoch = 0
         bar.close()
         if last_record is None or last_record["step"] != p.step:
-            last_record = self.validate(drives_schedule=False)
+            last_record = self._validate_everywhere(drives_schedule=False)
             say(f"step {p.step}: dev loss {last_record['dev_loss']:.3f}, BLEU {last_record['dev_bleu']:.2f}"
                 f"{' (best, saved)' if last_record['best'] else ''}")
         self.save_state()
+        self.dist.barrier()  # every process returns once the state is on disk
         if self.writer is not None:
             self.writer.close()
         return {"steps": p.step, "epochs": p.epoch, "seconds": p.seconds, "best_dev_bleu": p.best_bleu,
@@ -312,5 +407,10 @@ class Trainer:
 
 
 def train(config: Config, model_dir: Path | None = None, resume: bool = False, show_progress: bool = True) -> dict:
-    """Train a model as `config` says; returns a summary (steps, seconds, best dev BLEU, tokens/s)."""
-    return Trainer(config, model_dir, resume, show_progress).train()
+    """Train a model as `config` says; returns a summary (steps, seconds, best dev BLEU, tokens/s). In a process
+    that torchrun started, train together with the others (see attnmt/distributed.py)."""
+    context = distributed.init()
+    try:
+        return Trainer(config, model_dir, resume, show_progress, context).train()
+    finally:
+        context.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -61,3 +62,35 @@ def test_two_cell_study_writes_tables_plots_and_heatmaps(tmp_path, tiny_config_f
     # a second run reuses the finished cells instead of training them again
     steps_before = [row["steps"] for row in rows]
     assert [row["steps"] for row in run_study(str(config_path), str(grid), out)] == steps_before
+
+
+def test_cells_with_the_same_config_are_trained_once_across_grids(tmp_path, tiny_config_file):
+    config_path, data = tiny_config_file
+    data["data"]["test"] = data["data"]["dev"]
+    config_path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    attention = {"score": "dot", "normalizer": "softmax"}
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(yaml.safe_dump({"budget": {"training.max_steps": 2},
+                                     "cells": [{"name": "dot", "set": {"model.attention": {"score": "dot"}}}]}))
+    second.write_text(yaml.safe_dump({"budget": {"training.max_steps": 2},
+                                      "cells": [{"name": "softmax", "set": {"model.attention": attention}},
+                                                {"name": "none", "set": {"model.attention": "none"}}]}))
+    cells = tmp_path / "cells"
+    run_study(str(config_path), str(first), tmp_path / "a", cells_dir=cells)
+    assert len([d for d in cells.iterdir() if d.is_dir()]) == 1
+    rows = run_study(str(config_path), str(second), tmp_path / "b", cells_dir=cells)
+    # `dot` with the default normalizer is the same config as `softmax`: reused, so only `none` was trained
+    assert len([d for d in cells.iterdir() if d.is_dir()]) == 2
+    first_rows = json.loads((tmp_path / "a" / "results.json").read_text())["rows"]
+    assert rows[0]["bleu"] == first_rows[0]["bleu"] and rows[0]["steps"] == first_rows[0]["steps"]
+    assert (tmp_path / "b" / "heatmaps" / "softmax_0.png").exists()
+    assert not list(cells.glob("*.lock"))
+
+
+def test_a_cell_locked_by_a_dead_process_is_taken_over(tmp_path):
+    from attnmt.study import _claim
+
+    lock = tmp_path / "cell.lock"
+    assert _claim(lock) and not _claim(lock)  # held by this live process
+    lock.write_text("999999999")  # no such process
+    assert _claim(lock) and lock.read_text() == str(os.getpid())
