@@ -95,7 +95,7 @@ def _read_input(path: str | None) -> list[str]:
 def command_translate(args) -> None:
     from attnmt.translator import Translator
 
-    translator = Translator.load(args.model_dir)
+    translator = Translator.load(args.model_dir, device=args.device)
     lines = _read_input(args.input)
     chunk = 1000  # write as we go, so long inputs stream
     for start in range(0, len(lines), chunk):
@@ -116,7 +116,7 @@ def command_evaluate(args) -> None:
 
     pairs = read_corpus(CorpusConfig(src=args.src, tgt=args.ref))
     sources, references = [s for s, _ in pairs], [r for _, r in pairs]
-    translator = Translator.load(args.model_dir)
+    translator = Translator.load(args.model_dir, device=args.device)
     translations = translator.translate(sources, **_search_options(args))
     hypotheses = [t.text for t in translations]
     if args.output:
@@ -147,7 +147,7 @@ def command_attention(args) -> None:
     from attnmt.plotting import plot_attention, plot_attention_grid
     from attnmt.translator import Translator
 
-    translator = Translator.load(args.model_dir)
+    translator = Translator.load(args.model_dir, device=args.device)
     result = translator.translate([args.sentence], beam_size=args.beam_size)[0]
     if not result.source_tokens:
         raise AttnmtError(f"the sentence {args.sentence!r} is empty: there is no attention to draw")
@@ -232,7 +232,8 @@ def command_serve(args) -> None:
         batching=not args.no_batching, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
         threads=args.threads, max_text_chars=args.max_text_chars, max_texts=args.max_texts,
         max_beam_size=args.max_beam_size, max_n_best=args.max_n_best, max_body_bytes=args.max_body_bytes)
-    serve(args.model_dir, host=args.host, port=args.port, settings=settings, log_level=args.log_level)
+    serve(args.model_dir, host=args.host, port=args.port, settings=settings, log_level=args.log_level,
+          device=args.device)
 
 
 def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
@@ -240,6 +241,22 @@ def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length-penalty", type=float, help="alpha of ((5 + length) / 6) ** alpha")
     parser.add_argument("--max-length-ratio", type=float, help="stop at ratio × source length + 10 tokens")
     parser.add_argument("--batch-size", type=int, help="sentences decoded together")
+
+
+def _device_name(value: str) -> str:
+    """argparse type of --device: one of auto | cpu | cuda | cuda:N, or a message listing them."""
+    from attnmt.devices import check_name
+
+    try:
+        return check_name(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=_device_name, default="auto",
+                        help="where the model translates: auto (a GPU if torch sees one, else the CPU), cpu, cuda or "
+                             "cuda:N (default auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--input", help="a text file, one sentence per line; default stdin")
     translate.add_argument("--n-best", type=int, help="print the n best hypotheses as 'score<TAB>text'")
     _add_search_arguments(translate)
+    _add_device_argument(translate)
     translate.set_defaults(run=command_translate)
 
     evaluate = commands.add_parser("evaluate", help="sacreBLEU and chrF against references, BLEU by source length")
@@ -275,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="unit of the source-length buckets")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     _add_search_arguments(evaluate)
+    _add_device_argument(evaluate)
     evaluate.set_defaults(run=command_evaluate)
 
     attention = commands.add_parser("attention", help="draw the attention heatmap of one translation")
@@ -288,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_argument("--head", type=int, metavar="H", help="Transformer: one head of the layer, 1-based")
     attention.add_argument("--all-heads", action="store_true",
                            help="Transformer: a grid of every head of --layer, or of every layer × head")
+    _add_device_argument(attention)
     attention.set_defaults(run=command_attention)
 
     study = commands.add_parser("study", help="train one model per grid cell and compare them")
@@ -314,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-n-best", type=int, help="largest n_best a request may ask for (default 10)")
     serve.add_argument("--max-body-bytes", type=int, help="request body size (default 1048576)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _add_device_argument(serve)
     serve.set_defaults(run=command_serve)
 
     demo = commands.add_parser("demo", help="train the seed-001 Korean→English model on the bundled data")

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from attnmt import devices
 from attnmt.errors import ConfigError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -222,6 +223,16 @@ class TrainingConfig(Section):
     log_every: int = Field(50, ge=1)
     tensorboard: bool = True
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: what torch picks")
+    device: str = Field("auto", description="auto (a GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N; "
+                                            "a distributed process on a GPU machine trains on cuda:LOCAL_RANK")
+    mixed_precision: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="the forward pass under torch.autocast in bfloat16 or float16 (fp16: GPU only, with a "
+                            "gradient scaler); parameters, optimizer state and the loss stay float32")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, name: str) -> str:
+        return devices.check_name(name)
 
     @model_validator(mode="after")
     def _some_stop(self) -> "TrainingConfig":
@@ -338,7 +349,7 @@ def _describe(error: dict) -> str:
         return f"`{where}`: {error['input']!r} is not allowed; choose one of {allowed}"
     if kind == "missing":
         return f"`{where}`: required key is missing"
-    if kind == "value_error" and isinstance(error.get("input"), dict):  # a check across a section's keys
+    if kind == "value_error":  # a check across a section's keys, or of one key: its message says what is wrong
         return f"`{where}`: {error['msg'].removeprefix('Value error, ')}"
     return f"`{where}`: {error['msg']} (got {error.get('input')!r})"
 

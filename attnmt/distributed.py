@@ -2,8 +2,9 @@
 
 torchrun (`torch.distributed.run`) starts one process per device and describes its place through environment
 variables: RANK (0 .. WORLD_SIZE − 1 over all machines), WORLD_SIZE, LOCAL_RANK (its device on this machine), and
-MASTER_ADDR / MASTER_PORT (where the processes meet). Without WORLD_SIZE there is one process, `Context()`, and
-nothing here touches torch.distributed: every method below is then a no-op that returns its input.
+MASTER_ADDR / MASTER_PORT (where the processes meet). Without WORLD_SIZE there is one process (`single_process`),
+and nothing here touches torch.distributed: every method below is then a no-op that returns its input. Each
+process's device comes from attnmt/devices.py: cuda:LOCAL_RANK on a machine with GPUs, unless `training.device: cpu`.
 
 One optimizer step with N processes (see `Trainer.train`):
 
@@ -29,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from attnmt import devices
 from attnmt.errors import AttnmtError
 
 Item = TypeVar("Item")
@@ -134,26 +136,23 @@ class Context:
         self.enabled = False
 
 
-def _device(local_rank: int) -> torch.device:
-    """cuda:LOCAL_RANK where there are GPUs (NCCL), else the CPU (gloo)."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    count = torch.cuda.device_count()
-    if local_rank >= count:
-        raise AttnmtError(f"LOCAL_RANK {local_rank}, but this machine has {count} GPU(s): start at most {count} "
-                          f"processes per machine (torchrun --nproc-per-node {count})")
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
+def single_process(device_name: str = "auto") -> Context:
+    """The one process of a plain run, on the device `training.device` names (see attnmt/devices.py)."""
+    return Context(device=devices.choose(device_name, option="`training.device`"))
 
 
-def init() -> Context:
-    """Join the processes torchrun started (NCCL on GPUs, gloo on CPUs); without torchrun, the single-process
-    `Context()`. A process group someone else already started is used as it is (and left running by `close`)."""
+def init(device_name: str = "auto") -> Context:
+    """Join the processes torchrun started (NCCL on GPUs, gloo on CPUs); without torchrun, `single_process`.
+    Under torchrun, process LOCAL_RANK of a machine with GPUs trains on cuda:LOCAL_RANK whatever GPU `device_name`
+    names, unless it is cpu. A process group someone else already started is used as it is (and left running by
+    `close`)."""
     if not launched_by_torchrun():
-        return Context()
+        return single_process(device_name)
     rank, world_size = _environment_int("RANK"), _environment_int("WORLD_SIZE")
     local_rank = _environment_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else rank
-    device = _device(local_rank)
+    device = devices.choose(device_name, local_rank, option="`training.device`")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     owns_group = not dist.is_initialized()
     if owns_group:
         missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]

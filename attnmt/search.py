@@ -11,6 +11,7 @@ A hypothesis stops at EOS or at max_length_ratio × source length + 10 tokens.
 Each result carries its tokens, its model score Σ log p (EOS included) and its attention, one row per step: [T, S]
 for a model whose `step` returns [B, S] (the RNN), [T, L, H, S] for one that returns [B, L, H, S] (the Transformer:
 every decoder layer and head). Search only needs the source positions on the last axis.
+Search runs on the device of `src` (every tensor it makes is made there); its results are Python lists and numpy.
 """
 
 from __future__ import annotations
@@ -168,8 +169,8 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam_size: int
 
         # Done sentences leave the batch.
         bound = (alive_scores.max(dim=1).values / length_penalty(t + 2, length_penalty_alpha)).tolist()
-        going = torch.tensor([not _is_done(finished[int(sentence)], k, bound[a]) for a, sentence in enumerate(active)],
-                             dtype=torch.bool, device=device)
+        going = torch.tensor([not _is_done(finished[sentence], k, bound[a])  # one copy of `active` off a GPU
+                              for a, sentence in enumerate(active.tolist())], dtype=torch.bool, device=device)
         if not bool(going.any()):
             break
         if not bool(going.all()):

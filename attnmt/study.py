@@ -81,9 +81,11 @@ def grid_cells(grid: dict, origin: str) -> list[tuple[str, dict]]:
 
 
 def cell_key(config) -> str:
-    """Cells whose configs agree (apart from name and model_dir) share one trained model: a hash of the config."""
-    settings = config.model_dump(mode="json")
-    settings.pop("name", None), settings.pop("model_dir", None)
+    """Cells whose configs agree share one trained model: a hash of the config, less its name, model_dir and
+    `training.device` (where a cell trains, not what). Settings left at their defaults are left out, so a config key
+    added later (with a default) keeps the keys of the cells trained before it."""
+    settings = config.model_dump(mode="json", exclude_defaults=True)
+    settings.pop("name", None), settings.pop("model_dir", None), settings.get("training", {}).pop("device", None)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -112,7 +114,8 @@ def train_and_measure(config, model_dir: Path) -> dict:
     summary = trainer.train()
     test = trainer.corpora.test if config.data.split else read_corpus(config.data.test)
     sources, references = [s for s, _ in test], [r for _, r in test]
-    translations = Translator.load(model_dir).translate(sources, beam_size=config.search.beam_size)
+    translator = Translator.load(model_dir, config.training.device)
+    translations = translator.translate(sources, beam_size=config.search.beam_size)
     hypotheses = [t.text for t in translations]
     scores = corpus_scores(hypotheses, references)
     with_attention = [t.attention for t in translations if t.attention is not None and t.attention.size]

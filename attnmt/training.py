@@ -16,11 +16,13 @@ Every `validate_every` steps: dev loss and dev sacreBLEU; the best model by BLEU
 the last step to MODEL_DIR/train_state/ (parameters, optimizer, RNG, schedule and the position in the data), from
 which `attnmt train --resume` continues exactly where the run stopped. In a distributed run only the main process
 (rank 0) validates and writes; the others wait for it and take over its results.
+
+Everything runs on `training.device`, the forward pass under autocast where `training.mixed_precision` asks for it
+(bf16, or fp16 with a gradient scaler; the loss in float32): see attnmt/devices.py.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from attnmt import checkpoint, distributed
+from attnmt import checkpoint, devices, distributed
 from attnmt.config import Config
 from attnmt.data import Batch, ParallelData, Tokenizer, drop_empty_pairs, read_corpus, split_by_target
 from attnmt.data.tokenizer import PAD_ID
@@ -128,14 +130,20 @@ class Progress:
 
 
 class Trainer:
-    """Holds the model, optimizer, data and progress of one training run (of this process, in a distributed run)."""
+    """Holds the model, optimizer, data and progress of one training run (of this process, in a distributed run).
+
+    `context`: this process's place among the training processes, its device included (`distributed.init`); by
+    default the single process of a plain run, on `training.device`. The model, every batch, validation and the
+    optimizer state live on that device; checkpoints are written from CPU copies and load onto any device.
+    """
 
     def __init__(self, config: Config, model_dir: Path | None = None, resume: bool = False, show_progress: bool = True,
                  context: distributed.Context | None = None):
         self.config = config
         self.settings = config.training
         self.model_dir = Path(model_dir or config.model_dir)
-        self.dist = context or distributed.Context()  # the single process of a plain run
+        self.dist = context or distributed.single_process(self.settings.device)
+        devices.check_mixed_precision(self.settings.mixed_precision, self.dist.device)
         self.show_progress = show_progress and self.dist.is_main
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
@@ -160,12 +168,15 @@ class Trainer:
                                  ).to(self.dist.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings.learning_rate,
                                           betas=self.settings.adam_betas, weight_decay=self.settings.weight_decay)
+        self.scaler = devices.gradient_scaler(self.settings.mixed_precision, self.dist.device)
         self.schedule = LearningRateSchedule(self.settings)
         self.progress = Progress()
-        if resume:
+        if resume:  # onto the model's device, whichever device the state was saved from
             saved = checkpoint.load_train_state(self.model_dir, self.model, self.optimizer)
             self.schedule.load_state_dict(saved["schedule"])
             self.progress = Progress(**saved["progress"])
+            if self.scaler.is_enabled() and "grad_scaler" in saved:
+                self.scaler.load_state_dict(saved["grad_scaler"])
         self.network = self.dist.wrap(self.model)  # what training calls; DDP all-reduces the gradients in backward
         self.writer = None
 
@@ -189,7 +200,8 @@ class Trainer:
                 f"{self.config.data.max_length} subwords, {c.dropped_empty} empty pairs dropped), "
                 f"{len(c.dev)} dev, {len(c.test)} test; vocabulary {self.tokenizer.src_vocab_size} source / "
                 f"{self.tokenizer.tgt_vocab_size} target ({'joint' if self.tokenizer.joint else 'separate'}); "
-                f"model {sum(p.numel() for p in self.model.parameters()):,} parameters")
+                f"model {sum(p.numel() for p in self.model.parameters()):,} parameters on {self.dist.device}, "
+                f"mixed precision {self.settings.mixed_precision}")
 
     def distributed_report(self) -> str:
         d = self.dist
@@ -224,6 +236,17 @@ class Trainer:
             seed = ((self.settings.seed * 1_000_003 + self.progress.step) * 65_537 + self.dist.rank) % 2 ** 63
             torch.manual_seed(seed)
 
+    def _autocast(self):
+        """The context of a forward pass: autocast to `training.mixed_precision` on the training device."""
+        return devices.autocast(self.settings.mixed_precision, self.dist.device)
+
+    def _loss(self, model: torch.nn.Module, batch: Batch, label_smoothing: float) -> torch.Tensor:
+        """Summed cross-entropy of `batch` (on the training device) under `model`: the forward pass in the mixed
+        precision, the loss in float32."""
+        with self._autocast():
+            logits, _ = model(batch.src, batch.src_mask, batch.tgt_in)  # [B, T, V]
+        return sequence_loss(logits.float(), batch.tgt_out, label_smoothing)
+
     def _keeping_gradients_local(self, last: bool):
         """Where DDP's backward should not all-reduce yet: every batch of a step but this process's last, whose
         backward all-reduces the summed gradients once (DDP's `no_sync`). A no-op in a single process."""
@@ -232,7 +255,9 @@ class Trainer:
     def train_step(self, batches: Batch | Sequence[Batch], step_tokens: int | None = None) -> float:
         """One optimizer step: forward and backward on each of this process's batches (their gradients add up),
         then clip and update. `step_tokens`: the target tokens of the whole step, over all processes (default:
-        those of `batches`). Returns the step's loss per target token, over all processes."""
+        those of `batches`). Returns the step's loss per target token, over all processes. With fp16 the loss is
+        scaled before backward and the gradients unscaled before clipping; a step with inf/NaN gradients is skipped
+        (torch.amp.GradScaler), and counts as a step all the same."""
         batches = [batches] if isinstance(batches, Batch) else list(batches)
         step_tokens = step_tokens or sum(batch.num_tgt_tokens for batch in batches)
         self.network.train()
@@ -244,14 +269,15 @@ class Trainer:
         for position, batch in enumerate(batches):
             batch = batch.to(self.dist.device)
             with self._keeping_gradients_local(last=position == len(batches) - 1):
-                logits, _ = self.network(batch.src, batch.src_mask, batch.tgt_in)  # [B, T, V]
-                loss = sequence_loss(logits, batch.tgt_out, self.settings.label_smoothing)
+                loss = self._loss(self.network, batch, self.settings.label_smoothing)
                 # × world size: DDP averages the gradients of the processes, and the step's gradient is their sum
-                (loss * self.dist.world_size / step_tokens).backward()
+                self.scaler.scale(loss * self.dist.world_size / step_tokens).backward()
             summed = summed + loss.detach()
+        self.scaler.unscale_(self.optimizer)  # fp16: the true gradients before clipping; otherwise nothing
         if self.settings.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.progress.step += 1
         self.progress.target_tokens += step_tokens
         return float(self.dist.sum(summed) / step_tokens)
@@ -265,8 +291,7 @@ class Trainer:
         total, tokens = 0.0, 0
         for indices in self.dev_data.batches(self.settings.batch_tokens, shuffle=False, seed=0):
             batch = self.dev_data.batch(indices).to(self.dist.device)
-            logits, _ = self.model(batch.src, batch.src_mask, batch.tgt_in)
-            total += float(sequence_loss(logits, batch.tgt_out, 0.0))
+            total += float(self._loss(self.model, batch, 0.0))
             tokens += batch.num_tgt_tokens
         return total / max(tokens, 1)
 
@@ -274,7 +299,7 @@ class Trainer:
         """Dev loss and BLEU; save the model if BLEU improved. Regular validations also drive the schedule and
         early stopping; the one at the very end of a run only saves (so a stopped and resumed run trains the same)."""
         loss = self.dev_loss()
-        translator = Translator(self._translation_model(), self.tokenizer, self.config)
+        translator = Translator(self.model, self.tokenizer, self.config)  # on the training device, in float32
         sources, references = zip(*self.corpora.dev)
         hypotheses = [r.text for r in translator.translate(list(sources), beam_size=self.settings.validation_beam_size)]
         scores = corpus_scores(hypotheses, list(references))
@@ -297,11 +322,6 @@ class Trainer:
         self._log_scalars({"dev/loss": loss, "dev/bleu": scores["bleu"], "dev/chrf": scores["chrf"]})
         return record
 
-    def _translation_model(self) -> torch.nn.Module:
-        """The model validation translates with. Translator builds its batches on the CPU, so a model that trains on
-        a GPU is translated from a CPU copy."""
-        return self.model if self.dist.device.type == "cpu" else copy.deepcopy(self.model).cpu()
-
     def _validate_everywhere(self, drives_schedule: bool = True) -> dict:
         """`validate` on the main process; the others wait, then take its record, schedule and progress (best BLEU,
         early-stopping count), so that every process goes on with the same learning rate and stops at the same step."""
@@ -316,8 +336,10 @@ class Trainer:
         """Write train_state/ (the main process only: every process holds the same parameters and optimizer)."""
         if not self.dist.is_main:
             return
-        checkpoint.save_train_state(self.model_dir, self.model, self.optimizer,
-                                    {"schedule": self.schedule.state_dict(), "progress": asdict(self.progress)})
+        state = {"schedule": self.schedule.state_dict(), "progress": asdict(self.progress)}
+        if self.scaler.is_enabled():  # fp16: the loss scale it has found
+            state["grad_scaler"] = self.scaler.state_dict()
+        checkpoint.save_train_state(self.model_dir, self.model, self.optimizer, state)
 
     # --- the loop ------------------------------------------------------------------------------------------------
 
@@ -409,7 +431,7 @@ class Trainer:
 def train(config: Config, model_dir: Path | None = None, resume: bool = False, show_progress: bool = True) -> dict:
     """Train a model as `config` says; returns a summary (steps, seconds, best dev BLEU, tokens/s). In a process
     that torchrun started, train together with the others (see attnmt/distributed.py)."""
-    context = distributed.init()
+    context = distributed.init(config.training.device)
     try:
         return Trainer(config, model_dir, resume, show_progress, context).train()
     finally:

@@ -1,13 +1,15 @@
 """Translator: a trained model directory, ready to translate sentences and show where it looked.
 
-    >>> translator = Translator.load("runs/demo")
+    >>> translator = Translator.load("runs/demo")            # device="auto": a GPU if torch sees one
     >>> result = translator.translate(["나는 학생이다."], beam_size=5)[0]
     >>> result.text, result.tokens, result.source_tokens, result.attention.shape, result.score
 
 A Transformer's translation also carries `attention_heads`, the cross-attention of every decoder layer and head;
 its `attention` is the mean over the heads of the last layer.
 
-The CLI, the evaluation and the training loop's validation all translate through this class.
+The CLI, the evaluation and the training loop's validation all translate through this class. It translates on the
+device of the model's parameters (validation: the training device), in float32, and moves each batch there; what it
+returns (tokens, scores, attention as numpy arrays) is on the CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnmt import checkpoint
+from attnmt import checkpoint, devices
 from attnmt.config import Config, load_config
 from attnmt.data import Tokenizer
 from attnmt.data.batching import pad_sequences
@@ -47,14 +49,23 @@ class Translation:
 
 
 class Translator:
+    """A model with its tokenizer and config; translates on the device the model's parameters are on."""
+
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model is, and where each batch goes."""
+        return devices.model_device(self.model)
+
     @classmethod
-    def load(cls, model_dir: str | Path) -> "Translator":
-        """Load config.yaml, the tokenizer and model.safetensors from a model directory."""
+    def load(cls, model_dir: str | Path, device: str = "auto") -> "Translator":
+        """Load config.yaml, the tokenizer and model.safetensors from a model directory, and put the model on `device`
+        (auto | cpu | cuda | cuda:N; auto: a GPU if torch sees one, else the CPU)."""
+        target = devices.choose(device, option="device")
         model_dir = Path(model_dir)
         if not (model_dir / checkpoint.CONFIG_FILE).is_file():
             raise CheckpointError(f"{model_dir} is not an attnmt model directory: {checkpoint.CONFIG_FILE} is missing")
@@ -62,7 +73,7 @@ class Translator:
         tokenizer = Tokenizer.load(model_dir)
         model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         checkpoint.load_model_weights(model_dir / checkpoint.MODEL_FILE, model)
-        model.eval()
+        model.to(target).eval()
         return cls(model, tokenizer, config)
 
     def _translation(self, hypothesis: Hypothesis, source_ids: list[int]) -> Translation:
@@ -98,9 +109,11 @@ class Translator:
         source_ids = self.tokenizer.encode_source([s.strip() for s in sentences])
         results: list[Translation | None] = [None] * len(sentences)
         order = sorted((i for i, ids in enumerate(source_ids) if ids), key=lambda i: len(source_ids[i]))
+        device = self.device
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            src, src_mask = pad_sequences([source_ids[i] for i in chunk])
+            src, src_mask = pad_sequences([source_ids[i] for i in chunk])  # built on the CPU
+            src, src_mask = src.to(device), src_mask.to(device)
             if beam_size == 1:
                 hypotheses = greedy_search(self.model, src, src_mask, max_length_ratio)
             else:

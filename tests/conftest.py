@@ -6,6 +6,8 @@ whether it really learned.
 
 Everything runs with one torch thread: these models are so small that a second thread only adds synchronization,
 and on a machine shared with another training job two threads per process slow training down more than tenfold.
+And everything runs on the CPU, on a machine with a GPU too (`training.device: cpu`), so that exact comparisons hold
+anywhere; tests/test_devices.py covers the choice of device.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def tiny_config_dict(train_tsv: Path, dev_tsv: Path, model_dir: Path, overrides:
                   "combine": "concat"},
         "training": {"seed": 1, "max_steps": 400, "batch_tokens": 640, "learning_rate": 0.005,
                      "schedule": "constant", "label_smoothing": 0.0, "validate_every": 200, "tensorboard": False,
-                     "threads": 1},
+                     "threads": 1, "device": "cpu"},
         "search": {"beam_size": 5, "length_penalty": 0.0, "batch_size": 64},
     }
     for dotted, value in (overrides or {}).items():
@@ -118,7 +120,7 @@ class TrainedModel:
     test_pairs: list[tuple[str, str]]  # held out: none of these sources is in train or dev
 
     def translator(self) -> Translator:
-        return Translator.load(self.model_dir)
+        return Translator.load(self.model_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -295,6 +295,7 @@ def test_info(client, reversal_translator, settings):
     assert info["source_vocab_size"] == reversal_translator.tokenizer.src_vocab_size
     assert info["target_vocab_size"] == reversal_translator.tokenizer.tgt_vocab_size
     assert info["parameters"] == sum(p.numel() for p in reversal_translator.model.parameters())
+    assert info["device"] == str(reversal_translator.device)
     assert info["limits"]["max_text_chars"] == settings.max_text_chars
     assert info["defaults"]["beam_size"] == 5
     assert info["batching"]["max_batch_size"] == settings.max_batch_size

@@ -89,19 +89,19 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          log_level: str = "info") -> None:
-    """Load the model directory and serve it until interrupted (Ctrl-C)."""
+          log_level: str = "info", device: str = "auto") -> None:
+    """Load the model directory onto `device` (auto | cpu | cuda | cuda:N) and serve it until interrupted (Ctrl-C)."""
     import uvicorn
 
     from attnmt.translator import Translator
 
     settings = settings or ServeSettings()
-    translator = Translator.load(model_dir)  # CheckpointError (an AttnmtError) for a bad directory
+    translator = Translator.load(model_dir, device)  # CheckpointError (an AttnmtError) for a bad directory
     _check_port_free(host, port)
     app = create_app(translator, settings)
     batching = (f"batches of up to {settings.max_batch_size} texts, {settings.max_wait_ms:g} ms wait"
                 if settings.batching else "no batching")
     shown_host = f"[{host}]" if ":" in host else host
-    print(f"attnmt serve: {model_dir} at http://{shown_host}:{port}/ ({batching}; "
+    print(f"attnmt serve: {model_dir} on {translator.device} at http://{shown_host}:{port}/ ({batching}; "
           f"API docs at /docs, schema at /openapi.json)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

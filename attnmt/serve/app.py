@@ -120,6 +120,7 @@ class InfoResponse(BaseModel):
     attention_details: dict[str, Any] | None
     decoder_style: str
     parameters: int
+    device: str = Field(description="where the model translates: cpu, cuda:0, ...")
     source_language: str
     target_language: str
     source_vocab_size: int
@@ -391,7 +392,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
         attention=model.attention.score if model.uses_attention else "none",
         attention_details=model.attention.model_dump() if model.uses_attention else None,
         decoder_style=model.decoder_style,
-        parameters=sum(p.numel() for p in translator.model.parameters()),
+        parameters=sum(p.numel() for p in translator.model.parameters()), device=str(translator.device),
         source_language=config.data.src_lang, target_language=config.data.tgt_lang,
         source_vocab_size=translator.tokenizer.src_vocab_size, target_vocab_size=translator.tokenizer.tgt_vocab_size,
         defaults={"beam_size": default_beam, "n_best": min(default_n_best, default_beam),
