@@ -71,36 +71,43 @@ def _attention_matrix(history: torch.Tensor | None, source_length: int) -> np.nd
 @torch.inference_mode()
 def greedy_search(model, src: torch.Tensor, src_mask: torch.Tensor, max_length_ratio: float = 2.0
                   ) -> list[list[Hypothesis]]:
-    """y_t = argmax log p(y | y_<t, x) for a batch of sentences; one hypothesis per sentence."""
-    batch = src.size(0)
+    """y_t = argmax log p(y | y_<t, x) for a batch of sentences; one hypothesis per sentence.
+    A sentence that has chosen EOS leaves the batch, so the rest decode on fewer rows."""
+    batch, device = src.size(0), src.device
     memory = model.encode(src, src_mask)
     state = model.start_state(memory)
     limits = max_lengths(src_mask, max_length_ratio)  # [B]
-    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    scores = torch.zeros(batch, dtype=torch.float64, device=src.device)
-    steps, weights_per_step = [], []
-    for t in range(int(limits.max()) + 1):
-        log_probs, state, weights = model.step(prev, state, memory)  # [B, V], [B, ..., S]
-        log_probs = _force_end(log_probs, limits <= t)
-        best_score, best = log_probs.max(dim=-1)  # [B]
-        scores += best_score.double().masked_fill(finished, 0.0)
-        best = best.masked_fill(finished, EOS_ID)
-        steps.append(best)
-        weights_per_step.append(weights)
-        finished |= best == EOS_ID
-        prev = best
-        if bool(finished.all()):
+    steps = int(limits.max()) + 1
+    active = torch.arange(batch, device=device)  # the sentence of each of the A rows still decoding
+    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # [A]
+    tokens = torch.full((batch, steps), EOS_ID, dtype=torch.long, device=device)  # [B, T]
+    scores = torch.zeros(batch, dtype=torch.float64, device=device)  # [B]
+    attention: torch.Tensor | None = None  # [B, T, ..., S]
+    for t in range(steps):
+        log_probs, state, weights = model.step(prev, state, memory)  # [A, V], [A, ..., S]
+        log_probs = _force_end(log_probs, limits[active] <= t)
+        best_score, best = log_probs.max(dim=-1)  # [A]
+        tokens[active, t] = best
+        scores[active] += best_score.double()
+        if weights is not None:
+            if attention is None:
+                attention = weights.new_zeros(batch, steps, *weights.shape[1:])
+            attention[active, t] = weights
+        going = best != EOS_ID  # [A]
+        if not bool(going.any()):
             break
-    tokens = torch.stack(steps, dim=1).tolist()  # [B, T]
-    attention = None if weights_per_step[0] is None else torch.stack(weights_per_step, dim=1)  # [B, T, ..., S]
+        if not bool(going.all()):
+            rows = going.nonzero().view(-1)
+            active, best = active[rows], best[rows]
+            memory, state = select(memory, rows), select(state, rows)
+        prev = best
     source_lengths = _source_lengths(src_mask)
     results = []
-    for i in range(batch):
-        length = tokens[i].index(EOS_ID)
+    for i, sentence in enumerate(tokens.tolist()):
+        length = sentence.index(EOS_ID)
         history = None if attention is None else attention[i, :length + 1]
         score = float(scores[i])
-        results.append([Hypothesis(tokens[i][:length], score, _attention_matrix(history, source_lengths[i]), score)])
+        results.append([Hypothesis(sentence[:length], score, _attention_matrix(history, source_lengths[i]), score)])
     return results
 
 
