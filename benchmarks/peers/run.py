@@ -1,0 +1,492 @@
+"""attnmt side by side with JoeyNMT, OpenNMT-py, fairseq and Sockeye: the same data, subwords, architectures and
+training settings, measured the same way.
+
+    python benchmarks/peers/run.py setup                   # a virtual environment per peer, under the cache folder
+    python benchmarks/peers/run.py speed                   # train target tokens/s and peak memory, 3 repetitions
+    python benchmarks/peers/run.py bleu --minutes 30       # train each for 30 minutes; test2016 BLEU, sentences/s
+    python benchmarks/peers/run.py report                  # the docs table again, from the results JSON
+    python benchmarks/peers/run.py smoke                   # all of it in a few minutes, into the cache folder only
+
+--systems (attnmt joeynmt opennmt fairseq sockeye) and --arch (rnn transformer) choose what runs. The cache folder is
+$ATTNMT_PEERS_CACHE, default ~/.cache/attnmt-peers: environments, the prepared data and every run's configs, logs and
+models go there, never into the repository. Results go to benchmarks/results/peers.json and to the peers section of
+docs/benchmarks.md; a system measured again replaces its earlier numbers, the others are kept.
+
+Every measured command runs alone (nothing else should load the machine), through hooks.py inside the system's own
+environment, with OMP/MKL threads and torch threads set to 2. Systems are run in alternating order (ABCD, then
+DCBA, ...) so that drift of the machine hits all alike, and each number is the median over repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+from attnmt_ import Attnmt  # noqa: E402
+from common import (ARCHS, MATCHED, ROOT, Arch, Data, DecodeJob, TrainJob, bleu, cache_dir, pip_version,  # noqa: E402
+                    prepare_data, prepared_data, read_jsonl, read_lines, run_monitored, tail, utc_now)
+from fairseq_ import Fairseq  # noqa: E402
+from joeynmt import JoeyNMT  # noqa: E402
+from opennmt import OpenNMT  # noqa: E402
+from report import machine, replace_section  # noqa: E402
+from sockeye_ import Sockeye  # noqa: E402
+from system import System  # noqa: E402
+
+SYSTEMS: dict[str, System] = {s.name: s for s in (Attnmt(), JoeyNMT(), OpenNMT(), Fairseq(), Sockeye())}
+PEERS = ["joeynmt", "opennmt", "fairseq", "sockeye"]
+BASELINE = "joeynmt"
+JSON_PATH = ROOT / "benchmarks" / "results" / "peers.json"
+MARKDOWN_PATH = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
+INVOCATION = ""  # this run's command line, recorded with every measurement
+DEFAULTS = {"steps": 100, "warmup": 20, "repeats": 3, "minutes": 30.0, "decode_repeats": 3}
+
+
+# ---- small helpers -----------------------------------------------------------------------------------------------
+
+def shown(command: list[str]) -> str:
+    """A command as it can be read and rerun: the cache folder as $ATTNMT_PEERS_CACHE, the repository as ."""
+    text = shlex.join(str(part) for part in command)
+    return text.replace(str(cache_dir()), "$ATTNMT_PEERS_CACHE").replace(str(ROOT) + "/", "")
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def alternating(items: list, repetition: int) -> list:
+    """ABCD on even repetitions, DCBA on odd ones."""
+    return list(items) if repetition % 2 == 0 else list(reversed(items))
+
+
+def plan(systems: list[str], archs: list[str]) -> tuple[list[tuple[System, Arch]], list[dict]]:
+    """(system, arch) pairs to run, and n/a rows for the pairs a system cannot build."""
+    runs, not_available = [], []
+    for arch_name in archs:
+        arch = ARCHS[arch_name]
+        for name in systems:
+            system = SYSTEMS[name]
+            if system.supports(arch):
+                runs.append((system, arch))
+            else:
+                not_available.append({"system": name, "arch": arch_name, "n/a": system.unsupported[arch_name]})
+    return runs, not_available
+
+
+def forget(section: dict, system: System, arch: Arch) -> None:
+    """Drop the earlier runs of this system and architecture from a results section."""
+    section["runs"] = [r for r in section["runs"] if (r["system"], r["arch"]) != (system.name, arch.name)]
+
+
+def step_records(job: TrainJob) -> tuple[list[dict], int | None]:
+    """The hook's step log: records of timed steps (in order) and the parameter count."""
+    records, parameters = [], None
+    for record in read_jsonl(job.step_log):
+        if "parameters" in record:
+            parameters = record["parameters"]
+        elif "step" in record:
+            records.append(record)
+    return records, parameters
+
+
+# ---- one training run --------------------------------------------------------------------------------------------
+
+def train(system: System, arch: Arch, data: Data, work: Path, stop_after_steps: int | None = None,
+          budget_seconds: float | None = None) -> tuple[TrainJob, dict]:
+    """Run one training of `system` in a fresh `work` folder; returns the job and what was measured."""
+    work.mkdir(parents=True, exist_ok=False)
+    job = TrainJob(system.name, arch, data, work, system.python(), stop_after_steps, budget_seconds)
+    command = system.train_command(job)
+    timeout = 1800 if budget_seconds is None else budget_seconds + 1800
+    finished = run_monitored(command, cwd=work, log=work / "train.log", timeout=timeout)
+    records, parameters = step_records(job)
+    result = {"system": system.name, "arch": arch.name, "invocation": INVOCATION, "command": shown(command),
+              "work": shown([str(work)]),
+              "returncode": finished.returncode, "wall_s": round(finished.wall_seconds, 1),
+              "peak_rss_mib": round(finished.peak_rss_mib), "parameters": parameters, "date": utc_now()}
+    if finished.returncode != 0:
+        result["error"] = tail(finished.log, 15)
+    return job, {**result, "_records": records}
+
+
+def speed_numbers(records: list[dict], warmup: int, steps: int) -> dict:
+    """Target tokens/s over steps warmup+1 .. warmup+steps: their tokens over the time from the start of the first
+    to the start of the step after the last."""
+    starts = {r["step"]: r["start"] for r in records}
+    tokens = {r["step"]: r["tokens"] for r in records if r.get("tokens") is not None}
+    first, last = warmup + 1, warmup + steps
+    if last + 1 not in starts or any(s not in tokens for s in range(first, last + 1)):
+        return {"error": f"the step log stops at step {max(starts, default=0)}; needed {last + 1}"}
+    seconds = starts[last + 1] - starts[first]
+    timed = sum(tokens[s] for s in range(first, last + 1))
+    return {"train_tgt_tokens_per_s": round(timed / seconds, 1), "seconds_timed": round(seconds, 2),
+            "tokens_timed": timed, "tokens_per_step": round(timed / steps, 1)}
+
+
+# ---- decoding ----------------------------------------------------------------------------------------------------
+
+def decode(system: System, job: TrainJob, beam: int, split: str, repetition: int, score: bool) -> dict:
+    folder = job.work / "decode"
+    folder.mkdir(exist_ok=True)
+    stem = f"{split}.beam{beam}.r{repetition}"
+    decode_job = DecodeJob(job, beam, split, folder / f"{stem}.out", folder / f"{stem}.time.json")
+    try:
+        command = system.decode_command(decode_job)
+    except FileNotFoundError as error:
+        return {"error": str(error)}
+    finished = run_monitored(command, cwd=folder, log=folder / f"{stem}.log", timeout=3600)
+    result = {"beam": beam, "repetition": repetition, "command": shown(command), "returncode": finished.returncode,
+              "wall_s": round(finished.wall_seconds, 1), "peak_rss_mib": round(finished.peak_rss_mib)}
+    timing = json.loads(decode_job.time_log.read_text()) if decode_job.time_log.exists() else {}
+    if finished.returncode != 0 or not timing.get("calls"):
+        return {**result, "error": tail(finished.log, 15) or "no batch was translated"}
+    references = read_lines(decode_job.references)
+    seconds = timing["last_end"] - timing["first_start"]
+    result.update({"sentences": len(references), "batches": timing["calls"], "search_seconds": round(seconds, 2),
+                   "sentences_per_s": round(len(references) / seconds, 1)})
+    if score:
+        hypotheses = system.hypotheses(decode_job)
+        if len(hypotheses) != len(references):
+            return {**result, "error": f"{len(hypotheses)} translations for {len(references)} sentences"}
+        result["bleu"], result["bleu_signature"] = bleu(hypotheses, references)
+        result["bleu"] = round(result["bleu"], 2)
+        result["example"] = hypotheses[0]
+    return result
+
+
+# ---- the modes ---------------------------------------------------------------------------------------------------
+
+def run_speed(args, systems: list[str], data: Data, results: dict, out_root: Path) -> None:
+    runs, not_available = plan(systems, args.arch)
+    section = results.setdefault("speed", {})
+    section.setdefault("runs", [])
+    section.update({"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats})
+    for row in not_available:
+        say(f"{row['system']} {row['arch']}: n/a ({row['n/a']})")
+    for repetition in range(args.repeats):
+        for system, arch in alternating(runs, repetition):
+            say(f"speed r{repetition}: {system.name} {arch.name} ({args.warmup} + {args.steps} steps)")
+            work = out_root / f"speed-{arch.name}-{system.name}-r{repetition}"
+            job, result = train(system, arch, data, work, stop_after_steps=args.warmup + args.steps + 1)
+            records = result.pop("_records")
+            result.update({"repetition": repetition, **speed_numbers(records, args.warmup, args.steps)})
+            if repetition == 0:  # numbers of an earlier run of this pair are replaced, once it has new ones
+                forget(section, system, arch)
+            section["runs"].append(result)
+            say(f"  -> {result.get('train_tgt_tokens_per_s', 'failed')} tok/s, peak {result['peak_rss_mib']} MiB"
+                + (f"\n{result['error']}" if "error" in result else ""))
+            save(results, args)
+
+
+def run_bleu(args, systems: list[str], data: Data, results: dict, out_root: Path) -> None:
+    runs, not_available = plan(systems, args.arch)
+    section = results.setdefault("bleu", {})
+    section.setdefault("runs", [])
+    section.update({"minutes": args.minutes, "test": args.split, "decode_repeats": args.decode_repeats})
+    for row in not_available:
+        say(f"{row['system']} {row['arch']}: n/a ({row['n/a']})")
+    trained = []
+    for system, arch in runs:  # one training each, in the order given
+        say(f"bleu: training {system.name} {arch.name} for {args.minutes} minutes")
+        work = out_root / f"bleu-{arch.name}-{system.name}"
+        job, result = train(system, arch, data, work, budget_seconds=args.minutes * 60)
+        records = result.pop("_records")
+        timed = [r for r in records if r.get("tokens") is not None]
+        if timed:
+            seconds = timed[-1]["start"] - timed[0]["start"]
+            result.update({"steps": len(timed), "train_seconds": round(seconds, 1),
+                           "train_tgt_tokens_per_s": round(sum(r["tokens"] for r in timed[:-1]) / seconds, 1)
+                           if seconds > 0 else None})
+        result["train_peak_rss_mib"] = result.pop("peak_rss_mib")
+        result["decodes"] = []
+        forget(section, system, arch)
+        section["runs"].append(result)
+        trained.append((system, job, result))
+        say(f"  -> {result.get('steps')} steps" + (f"\n{result['error']}" if "error" in result else ""))
+        save(results, args)
+    for repetition in range(args.decode_repeats):
+        for system, job, result in alternating(trained, repetition):
+            if "error" in result:
+                continue
+            for beam in (1, MATCHED.beam_size):
+                say(f"bleu: decoding {args.split} with {system.name} {job.arch.name}, beam {beam}, r{repetition}")
+                decoded = decode(system, job, beam, args.split, repetition, score=repetition == 0)
+                result["decodes"].append(decoded)
+                say(f"  -> {decoded.get('sentences_per_s', 'failed')} sent/s, BLEU {decoded.get('bleu', '-')}"
+                    + (f"\n{decoded['error']}" if "error" in decoded else ""))
+                save(results, args)
+
+
+# ---- results -----------------------------------------------------------------------------------------------------
+
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def save(results: dict, args) -> None:
+    results["machine"] = machine()
+    results["settings"] = {"matched": asdict(MATCHED), "archs": {n: asdict(a) for n, a in ARCHS.items()},
+                           "threads": "OMP_NUM_THREADS=MKL_NUM_THREADS=2 and torch.set_num_threads(2) in every "
+                                      "process (hooks.py); attnmt also training.threads: 2"}
+    results["summary"] = summarize(results)
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_markdown(results, Path(args.markdown))
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 1) if values else None
+
+
+def summarize(results: dict) -> list[dict]:
+    """One row per system and architecture: medians over repetitions; 'n/a: reason' where it cannot run."""
+    rows = []
+    for arch_name in ARCHS:
+        for name, system in SYSTEMS.items():
+            row = {"system": name, "label": system.label, "arch": arch_name,
+                   "version": results.get("versions", {}).get(name)}
+            if arch_name in system.unsupported:
+                rows.append({**row, "n/a": system.unsupported[arch_name]})
+                continue
+            row["builds"] = system.arch_notes.get(arch_name, "")
+            speed = [r for r in results.get("speed", {}).get("runs", [])
+                     if r["system"] == name and r["arch"] == arch_name]
+            ok = [r for r in speed if "error" not in r]
+            if speed and not ok:
+                row["speed_error"] = speed[-1]["error"].splitlines()[-1] if speed[-1]["error"] else "failed"
+            row["train_tgt_tokens_per_s"] = median([r["train_tgt_tokens_per_s"] for r in ok])
+            row["train_peak_rss_mib"] = median([r["peak_rss_mib"] for r in ok])
+            row["speed_repetitions"] = len(ok)
+            bleu_runs = [r for r in results.get("bleu", {}).get("runs", [])
+                         if r["system"] == name and r["arch"] == arch_name]
+            row["parameters"] = next((r["parameters"] for r in ok + bleu_runs if r.get("parameters")), None)
+            if bleu_runs:
+                run = bleu_runs[-1]
+                if "error" in run:
+                    row["bleu_error"] = run["error"].splitlines()[-1] if run["error"] else "failed"
+                row["budget_minutes"] = results["bleu"].get("minutes")
+                row["budget_steps"] = run.get("steps")
+                for beam, key in ((1, "greedy"), (MATCHED.beam_size, f"beam{MATCHED.beam_size}")):
+                    decodes = [d for d in run.get("decodes", []) if d.get("beam") == beam and "error" not in d]
+                    row[f"{key}_sentences_per_s"] = median([d["sentences_per_s"] for d in decodes])
+                    row[f"bleu_{key}"] = next((d["bleu"] for d in decodes if "bleu" in d), None)
+                    errors = [d for d in run.get("decodes", []) if d.get("beam") == beam and "error" in d]
+                    if errors and not decodes:
+                        row[f"{key}_error"] = errors[-1]["error"].splitlines()[-1]
+            rows.append(row)
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio_cell(rows: list[dict], row: dict, key: str, higher_is_better: bool = True, digits: int = 0) -> str:
+    """value (× JoeyNMT, × best peer): how the value compares with JoeyNMT's and with the best peer's."""
+    value = row.get(key)
+    if value is None:
+        return "—"
+    baseline = next((r.get(key) for r in rows if r["system"] == BASELINE), None)
+    peers = [r.get(key) for r in rows if r["system"] in PEERS and r.get(key) is not None]
+    best = (max if higher_is_better else min)(peers) if peers else None
+    ratios = [f"{value / baseline:.2f}×" if baseline else "—", f"{value / best:.2f}×" if best else "—"]
+    return f"{_fmt(value, digits)} ({' / '.join(ratios)})"
+
+
+ARCH_TITLES = {"rnn": "RNN: bidirectional GRU encoder 256 per direction, GRU decoder 512, embeddings 256, additive "
+                      "attention",
+               "transformer": "Transformer: 3 + 3 layers, d_model 256, 4 heads, feed-forward 1024"}
+
+
+def arch_table(rows: list[dict], arch_name: str, minutes: float | None) -> list[str]:
+    """The results of one architecture, then what each system builds for it."""
+    rows = [r for r in rows if r["arch"] == arch_name]
+    budget = f"steps in {minutes:g} min"
+    lines = ["| system | params | train tgt tok/s | train peak RSS MiB | greedy sent/s "
+             f"| beam-5 sent/s | BLEU greedy | BLEU beam 5 | {budget} |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    notes = []
+    for row in rows:
+        system = SYSTEMS[row["system"]]
+        if "n/a" in row:
+            lines.append(f"| {row['label']} | " + " | ".join([f"n/a: {row['n/a']}"] + ["n/a"] * 7) + " |")
+            continue
+        notes.append(f"- {row['label']}: {row.get('builds', '')}")
+        label = row["label"] + (f" ({system.arch_differs[arch_name]})" if arch_name in system.arch_differs else "")
+        speed_na = f"failed: {row['speed_error']}" if "speed_error" in row else None
+        bleu_na = f"failed: {row['bleu_error']}" if "bleu_error" in row else None
+        cells = [label, _fmt(row.get("parameters")),
+                 speed_na or _ratio_cell(rows, row, "train_tgt_tokens_per_s"),
+                 speed_na or _ratio_cell(rows, row, "train_peak_rss_mib", higher_is_better=False),
+                 bleu_na or row.get("greedy_error") or _ratio_cell(rows, row, "greedy_sentences_per_s", digits=1),
+                 bleu_na or row.get(f"beam{MATCHED.beam_size}_error")
+                 or _ratio_cell(rows, row, f"beam{MATCHED.beam_size}_sentences_per_s", digits=1),
+                 bleu_na or _fmt(row.get("bleu_greedy"), 2),
+                 bleu_na or _fmt(row.get(f"bleu_beam{MATCHED.beam_size}"), 2),
+                 bleu_na or _fmt(row.get("budget_steps"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", "What each builds:", "", *notes]
+
+
+def mapping_table() -> list[str]:
+    keys = []
+    for system in SYSTEMS.values():
+        keys += [k for k in system.mapping if k not in keys]
+    lines = ["| setting | " + " | ".join(s.label for s in SYSTEMS.values()) + " |",
+             "| --- | " + " | ".join("---" for _ in SYSTEMS) + " |"]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(s.mapping.get(key, "") for s in SYSTEMS.values()) + " |")
+    return lines
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    rows = results.get("summary", [])
+    speed, bleu_section = results.get("speed", {}), results.get("bleu", {})
+    versions = results.get("versions", {})
+    measured = speed.get("runs", []) + bleu_section.get("runs", [])
+    first_date: dict[str, str] = {}
+    for run in measured:  # each invocation that still has numbers in the table, with the date of its first run
+        invocation = run.get("invocation", "?")
+        first_date[invocation] = min(first_date.get(invocation, run["date"]), run["date"])
+    commands = sorted(first_date.items(), key=lambda c: c[1])
+    minutes = bleu_section.get("minutes", DEFAULTS["minutes"])
+    steps, warmup = speed.get("steps", DEFAULTS["steps"]), speed.get("warmup", DEFAULTS["warmup"])
+    repeats = speed.get("repeats", DEFAULTS["repeats"])
+    decode_repeats = bleu_section.get("decode_repeats", DEFAULTS["decode_repeats"])
+    lines = [
+        BEGIN,
+        "## Side by side: attnmt, JoeyNMT, OpenNMT-py, fairseq, Sockeye (Multi30k de→en)",
+        "",
+        f"Machine: {results.get('machine', '?')}.  ",
+        "Versions: " + ", ".join(f"{SYSTEMS[n].label} {v}" for n, v in versions.items() if v)
+        + "; torch " + ", ".join(sorted(set(results.get("torch_versions", {}).values())) or ["?"])
+        + " in every environment.  ",
+        f"Data: Multi30k train ({results.get('data', {}).get('train_pairs', '?')} pairs of at most "
+        f"{MATCHED.max_length} subwords a side), one joint sentencepiece unigram model of {MATCHED.vocab_size} pieces "
+        "for every system; peers read pre-segmented pieces, attnmt loads the same model "
+        "(`tokenizer.src_model`); every output is joined back with that model and scored against the raw "
+        "references with the same sacreBLEU call.  ",
+        f"Matched: batches of {MATCHED.batch_tokens} tokens in each toolkit's own token batching, Adam, label "
+        f"smoothing {MATCHED.label_smoothing}, gradient norm clipped at {MATCHED.clip_grad_norm}; RNN: dropout "
+        f"{ARCHS['rnn'].dropout}, constant learning rate {ARCHS['rnn'].learning_rate}; Transformer: dropout "
+        f"{ARCHS['transformer'].dropout} (attention {ARCHS['transformer'].attention_dropout}), "
+        f"{ARCHS['transformer'].warmup_steps} warmup steps to {ARCHS['transformer'].learning_rate}, then inverse "
+        "square root, betas (0.9, 0.98); 2 threads for everyone. Decoding test2016 (1,000 sentences) in batches "
+        f"of {MATCHED.decode_batch_sentences} sentences.  ",
+        f"Train tokens/s: the real (non-padding) target tokens of {steps} steps after "
+        f"{warmup} warm-up steps, over the wall clock from the start of the first of them to the "
+        "start of the step after the last, timed by wrapping each toolkit's own training-step function "
+        f"(benchmarks/peers/hooks.py); median of {repeats} repetitions in alternating order. Peak "
+        "RSS: the largest summed resident memory of the training process tree (polled every 0.2 s). Sentences/s: "
+        "test2016 sentences over the time from the start of the first decoded batch to the end of the last "
+        "(without start-up and model loading), median of "
+        f"{decode_repeats} repetitions, with the model trained for the budget. BLEU: "
+        f"after {minutes:g} minutes of training each (the clock starts at the first step), the "
+        "last weights, no checkpoint selection.  ",
+        "Each cell with ratios reads: value (value ÷ JoeyNMT's / value ÷ the best peer's); for memory the best is "
+        "the lowest.",
+        "",
+        "Runs:",
+        "",
+        *([f"- `{command}` ({date})" for command, date in commands] or [
+            "- none yet: the table fills in from `python benchmarks/peers/run.py setup`, then `... speed` and "
+            "`... bleu --minutes 30` (per architecture or system if one session cannot hold them all), on an "
+            "otherwise idle machine"]),
+        "",
+    ]
+    for arch_name in ARCHS:
+        lines += [f"**{ARCH_TITLES[arch_name]}**", "", *arch_table(rows, arch_name, minutes), ""]
+    lines += ["How each system maps the matched settings (its exact configs and command lines are in "
+              "benchmarks/results/peers.json, per run):", "", *mapping_table(), END]
+    replace_section(path, BEGIN, END, "\n".join(lines))
+
+
+# ---- entry point -------------------------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["setup", "speed", "bleu", "report", "smoke"])
+    parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
+    parser.add_argument("--arch", nargs="+", choices=list(ARCHS), default=list(ARCHS))
+    parser.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="speed: timed steps")
+    parser.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="speed: steps before the timed ones")
+    parser.add_argument("--repeats", type=int, default=DEFAULTS["repeats"],
+                        help="speed: repetitions, alternating the order")
+    parser.add_argument("--minutes", type=float, default=DEFAULTS["minutes"],
+                        help="bleu: training budget per system and arch")
+    parser.add_argument("--decode-repeats", type=int, default=DEFAULTS["decode_repeats"],
+                        help="bleu: decoding repetitions")
+    parser.add_argument("--split", default="test2016", help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=str(JSON_PATH))
+    parser.add_argument("--markdown", default=str(MARKDOWN_PATH))
+    args = parser.parse_args()
+
+    global INVOCATION
+    INVOCATION = "python " + shlex.join(["benchmarks/peers/run.py", *sys.argv[1:]])
+    if args.mode == "smoke":  # tiny versions of speed and bleu; results stay in the cache folder
+        smoke = cache_dir() / "smoke"
+        args.json, args.markdown = str(smoke / "peers.json"), str(smoke / "benchmarks.md")
+        args.steps, args.warmup, args.repeats = 4, 2, 1
+        args.minutes, args.decode_repeats, args.split = 0.25, 1, "test2016.head20"
+
+    systems = list(args.systems)
+    if args.mode == "setup" or args.mode == "smoke":
+        for name in list(systems):
+            say(f"setup: {name}")
+            try:
+                SYSTEMS[name].setup()
+            except Exception as error:  # one peer failing to install must not stop the others
+                say(f"setup of {name} failed: {error}")
+                if args.mode == "smoke":
+                    systems.remove(name)
+        if args.mode == "setup":
+            return
+
+    results = load_results(Path(args.json))
+    if args.mode == "report":  # versions of what is installed, the settings, and the table of what was measured
+        if (prepared_data().root / "done.json").exists():
+            results["data"] = json.loads((prepared_data().root / "done.json").read_text())
+        versions = results.setdefault("versions", {})
+        torch_versions = results.setdefault("torch_versions", {})
+        for name, system in SYSTEMS.items():
+            if system.python().exists():
+                versions[name] = versions.get(name) or system.version()
+                torch_versions[name] = torch_versions.get(name) or pip_version(system.python(), "torch")
+        save(results, args)
+        return
+
+    missing = [name for name in systems if not SYSTEMS[name].python().exists()]
+    if missing:
+        sys.exit(f"not set up: {' '.join(missing)}; run `python benchmarks/peers/run.py setup` first")
+    data = prepare_data()
+    results["data"] = json.loads((data.root / "done.json").read_text())
+    results.setdefault("versions", {})
+    results.setdefault("torch_versions", {})
+    for name in systems:
+        results["versions"][name] = SYSTEMS[name].version()
+        results["torch_versions"][name] = pip_version(SYSTEMS[name].python(), "torch")
+        SYSTEMS[name].prepare(data)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    modes = ["speed", "bleu"] if args.mode == "smoke" else [args.mode]
+    for mode in modes:
+        out_root = cache_dir() / "runs" / f"{stamp}-{args.mode}"
+        (run_speed if mode == "speed" else run_bleu)(args, systems, data, results, out_root)
+    save(results, args)
+    say(f"results: {args.json}; table: {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()
