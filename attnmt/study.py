@@ -33,11 +33,10 @@ import numpy as np
 import yaml
 
 from attnmt.config import load_config
-from attnmt.data import read_corpus
 from attnmt.errors import ConfigError
 from attnmt.evaluation import bleu_by_length, corpus_scores, markdown_table, source_word_lengths
 from attnmt.plotting import plot_attention, plot_lines
-from attnmt.training import Trainer
+from attnmt.training import Trainer, read_corpora
 from attnmt.translator import Translator
 
 HEATMAP_SENTENCES = 2
@@ -109,11 +108,10 @@ def _claim(lock: Path) -> bool:
 
 
 def train_and_measure(config, model_dir: Path) -> dict:
-    """Train one cell (resuming an interrupted one) and measure it on the test set; heatmaps go into model_dir."""
+    """Train one cell (resuming an interrupted one) and measure it on the test set."""
     trainer = Trainer(config, model_dir, resume=(model_dir / "train_state").exists(), show_progress=False)
     summary = trainer.train()
-    test = trainer.corpora.test if config.data.split else read_corpus(config.data.test)
-    sources, references = [s for s, _ in test], [r for _, r in test]
+    sources, references = zip(*trainer.corpora.test)
     translator = Translator.load(model_dir, config.training.device)
     translations = translator.translate(sources, beam_size=config.search.beam_size)
     hypotheses = [t.text for t in translations]
@@ -128,14 +126,29 @@ def train_and_measure(config, model_dir: Path) -> dict:
               "bleu_by_length": bleu_by_length(source_word_lengths(sources), hypotheses, references,
                                                bucket_width=LENGTH_BUCKET),
               "bleu_signature": scores["bleu_signature"]}
-    examples = sorted(range(len(sources)), key=lambda i: -len(source_word_lengths([sources[i]])))[:HEATMAP_SENTENCES]
-    for rank, i in enumerate(sorted(examples)):
-        if translations[i].attention is not None and translations[i].attention.size:
-            plot_attention(translations[i].attention, translations[i].source_tokens,
-                           translations[i].target_tokens_with_eos, model_dir / f"heatmap_{rank}.png",
-                           title=translations[i].text)
     write_atomically(model_dir / RESULT_FILE, json.dumps(result, indent=1))
     return result
+
+
+def heatmap_sentences(sources: list[str]) -> list[int]:
+    """The test sentences every cell draws: the HEATMAP_SENTENCES longest (in words), in test-set order."""
+    lengths = source_word_lengths(sources)
+    return sorted(sorted(range(len(sources)), key=lambda i: -lengths[i])[:HEATMAP_SENTENCES])
+
+
+def draw_heatmaps(config, model_dir: Path) -> None:
+    """model_dir/heatmap_R.png: the cell's attention on the chosen test sentences (beam search does not depend on
+    what else is in the batch, so translating these alone gives what the test run gave)."""
+    sources = [source for source, _ in read_corpora(config).test]
+    chosen = [sources[i] for i in heatmap_sentences(sources)]
+    translations = Translator.load(model_dir, config.training.device).translate(chosen, beam_size=config.search.beam_size)
+    for rank, translation in enumerate(translations):
+        plot_attention(translation.attention, translation.source_tokens, translation.target_tokens_with_eos,
+                       model_dir / f"heatmap_{rank}.png", title=translation.text)
+
+
+def has_attention(config) -> bool:
+    return getattr(config.model, "attention", None) != "none"
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -190,6 +203,8 @@ def run_study(config_path: str, grid_path: str, out: str | Path, cells_dir: str 
             else:
                 waiting = True
                 continue
+            if has_attention(configs[name]) and not (model_dir / "heatmap_0.png").exists():
+                draw_heatmaps(configs[name], model_dir)
             for heatmap in sorted(model_dir.glob("heatmap_*.png")):
                 shutil.copyfile(heatmap, out / "heatmaps" / f"{name}_{heatmap.stem.split('_')[-1]}.png")
         if waiting and len(results) < len(cells):

@@ -94,3 +94,10 @@ def test_a_cell_locked_by_a_dead_process_is_taken_over(tmp_path):
     assert _claim(lock) and not _claim(lock)  # held by this live process
     lock.write_text("999999999")  # no such process
     assert _claim(lock) and lock.read_text() == str(os.getpid())
+
+
+def test_heatmaps_show_the_longest_test_sentences_in_test_order():
+    from attnmt.study import heatmap_sentences
+
+    sources = ["a b", "a b c d e", "a", "a b c d", "a b c d e f"]
+    assert heatmap_sentences(sources) == [1, 4]
