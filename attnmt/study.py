@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from attnmt import checkpoint
 from attnmt.config import load_config
 from attnmt.errors import ConfigError
 from attnmt.evaluation import bleu_by_length, corpus_scores, markdown_table, source_word_lengths
@@ -108,7 +109,8 @@ def _claim(lock: Path) -> bool:
 
 
 def train_and_measure(config, model_dir: Path) -> dict:
-    """Train one cell (resuming an interrupted one) and measure it on the test set."""
+    """Train one cell (resuming an interrupted one), measure it on the test set and draw its heatmaps; the result
+    file, written last, marks the cell finished."""
     trainer = Trainer(config, model_dir, resume=(model_dir / "train_state").exists(), show_progress=False)
     summary = trainer.train()
     sources, references = zip(*trainer.corpora.test)
@@ -126,7 +128,9 @@ def train_and_measure(config, model_dir: Path) -> dict:
               "bleu_by_length": bleu_by_length(source_word_lengths(sources), hypotheses, references,
                                                bucket_width=LENGTH_BUCKET),
               "bleu_signature": scores["bleu_signature"]}
-    write_atomically(model_dir / RESULT_FILE, json.dumps(result, indent=1))
+    if has_attention(config):
+        draw_heatmaps(config, model_dir)
+    checkpoint.write_text(model_dir / RESULT_FILE, json.dumps(result, indent=1))
     return result
 
 
@@ -149,12 +153,6 @@ def draw_heatmaps(config, model_dir: Path) -> None:
 
 def has_attention(config) -> bool:
     return getattr(config.model, "attention", None) != "none"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 COLUMNS = [("cell", "cell"), ("bleu", "BLEU"), ("chrf", "chrF"), ("parameters", "params"),
@@ -191,29 +189,30 @@ def run_study(config_path: str, grid_path: str, out: str | Path, cells_dir: str 
             if name in results:
                 continue
             model_dir = cells_root / cell_key(configs[name])
-            if (model_dir / RESULT_FILE).exists():
-                results[name] = json.loads((model_dir / RESULT_FILE).read_text(encoding="utf-8"))
-            elif _claim(cells_root / f"{model_dir.name}.lock"):
-                print(f"cell {name} ({model_dir}): {overrides}", flush=True)
+            lock = cells_root / f"{model_dir.name}.lock"
+            if not (model_dir / RESULT_FILE).exists() and _claim(lock):
                 try:
-                    results[name] = train_and_measure(configs[name], model_dir)
+                    if not (model_dir / RESULT_FILE).exists():  # another process may have finished it meanwhile
+                        print(f"cell {name} ({model_dir}): {overrides}", flush=True)
+                        result = train_and_measure(configs[name], model_dir)
+                        print(f"  BLEU {result['bleu']}, chrF {result['chrf']}", flush=True)
                 finally:
-                    (cells_root / f"{model_dir.name}.lock").unlink(missing_ok=True)
-                print(f"  BLEU {results[name]['bleu']}, chrF {results[name]['chrf']}", flush=True)
-            else:
+                    lock.unlink(missing_ok=True)
+            if not (model_dir / RESULT_FILE).exists():
                 waiting = True
                 continue
+            results[name] = json.loads((model_dir / RESULT_FILE).read_text(encoding="utf-8"))
             if has_attention(configs[name]) and not (model_dir / "heatmap_0.png").exists():
-                draw_heatmaps(configs[name], model_dir)
+                draw_heatmaps(configs[name], model_dir)  # a finished cell whose heatmaps were deleted
             for heatmap in sorted(model_dir.glob("heatmap_*.png")):
                 shutil.copyfile(heatmap, out / "heatmaps" / f"{name}_{heatmap.stem.split('_')[-1]}.png")
         if waiting and len(results) < len(cells):
             time.sleep(POLL_SECONDS)
     rows = [{"cell": name, **results[name]} for name, _ in cells]
-    write_atomically(out / "results.json", json.dumps({"config": config_path, "grid": grid_path, "rows": rows},
+    checkpoint.write_text(out / "results.json", json.dumps({"config": config_path, "grid": grid_path, "rows": rows},
                                                       indent=1))
     table = markdown_table(rows, COLUMNS)
-    write_atomically(out / "results.md", f"Config `{config_path}`, grid `{grid_path}`; test BLEU "
+    checkpoint.write_text(out / "results.md", f"Config `{config_path}`, grid `{grid_path}`; test BLEU "
                                          f"`{rows[0]['bleu_signature']}`.\n\n{table}\n")
     series = {row["cell"]: [((b["low"] + b["high"]) / 2, b["bleu"]) for b in row["bleu_by_length"]
                             if b["sentences"] >= MIN_BUCKET_SENTENCES] for row in rows}

@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ATTNMT=${ATTNMT:-.venv/bin/attnmt}
+PYTHON=${PYTHON:-.venv/bin/python}
 grids=(scorers decoders normalizers)
 if [[ "${1:-}" == "--reverse" ]]; then grids=(normalizers decoders scorers); fi
-[[ -f runs/data/tatoeba_en_fr_long/train.en ]] || python studies/tatoeba_long_split.py
+[[ -f runs/data/tatoeba_en_fr_long/train.en ]] || "$PYTHON" studies/tatoeba_long_split.py
 for dataset in multi30k_de_en tatoeba_en_fr_long; do
   for grid in "${grids[@]}"; do
     "$ATTNMT" study "studies/$dataset.yaml" --grid "studies/$grid.yaml" --out "docs/studies/$dataset/$grid" \
