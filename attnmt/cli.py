@@ -99,7 +99,7 @@ def command_translate(args) -> None:
     lines = _read_input(args.input)
     chunk = 1000  # write as we go, so long inputs stream
     for start in range(0, len(lines), chunk):
-        for result in translator.translate(lines[start:start + chunk], **_search_options(args)):
+        for result in translator.translate(lines[start:start + chunk], attention=False, **_search_options(args)):
             if args.n_best and args.n_best > 1:
                 for hypothesis in result.n_best:
                     print(f"{hypothesis.score:.4f}\t{hypothesis.text}")
@@ -117,7 +117,7 @@ def command_evaluate(args) -> None:
     pairs = read_corpus(CorpusConfig(src=args.src, tgt=args.ref))
     sources, references = [s for s, _ in pairs], [r for _, r in pairs]
     translator = Translator.load(args.model_dir, device=args.device)
-    translations = translator.translate(sources, **_search_options(args))
+    translations = translator.translate(sources, attention=False, **_search_options(args))
     hypotheses = [t.text for t in translations]
     if args.output:
         Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")

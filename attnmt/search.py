@@ -11,6 +11,8 @@ A hypothesis stops at EOS or at max_length_ratio × source length + 10 tokens.
 Each result carries its tokens, its model score Σ log p (EOS included) and its attention, one row per step: [T, S]
 for a model whose `step` returns [B, S] (the RNN), [T, L, H, S] for one that returns [B, L, H, S] (the Transformer:
 every decoder layer and head). Search only needs the source positions on the last axis.
+With `keep_attention=False` no attention is gathered (every Hypothesis.attention is None) and the model is asked
+for none (`step(..., need_weights=False)`), so translating to text alone skips that work.
 Search runs on the device of `src` (every tensor it makes is made there); its results are Python lists and numpy.
 """
 
@@ -55,6 +57,8 @@ def _source_lengths(src_mask: torch.Tensor) -> list[int]:
 
 def _force_end(log_probs: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
     """Rows that reached their length limit may only choose EOS (with the model's own log-probability for it)."""
+    if not bool(forced.any()):  # most steps: no [B, V] copy
+        return log_probs
     eos = log_probs[:, EOS_ID].clone()
     log_probs = log_probs.masked_fill(forced.unsqueeze(1), float("-inf"))
     log_probs[:, EOS_ID] = torch.where(forced, eos, log_probs[:, EOS_ID])
@@ -69,8 +73,8 @@ def _attention_matrix(history: torch.Tensor | None, source_length: int) -> np.nd
 
 
 @torch.inference_mode()
-def greedy_search(model, src: torch.Tensor, src_mask: torch.Tensor, max_length_ratio: float = 2.0
-                  ) -> list[list[Hypothesis]]:
+def greedy_search(model, src: torch.Tensor, src_mask: torch.Tensor, max_length_ratio: float = 2.0,
+                  keep_attention: bool = True) -> list[list[Hypothesis]]:
     """y_t = argmax log p(y | y_<t, x) for a batch of sentences; one hypothesis per sentence.
     A sentence that has chosen EOS leaves the batch, so the rest decode on fewer rows."""
     batch, device = src.size(0), src.device
@@ -84,7 +88,7 @@ def greedy_search(model, src: torch.Tensor, src_mask: torch.Tensor, max_length_r
     scores = torch.zeros(batch, dtype=torch.float64, device=device)  # [B]
     attention: torch.Tensor | None = None  # [B, T, ..., S]
     for t in range(steps):
-        log_probs, state, weights = model.step(prev, state, memory)  # [A, V], [A, ..., S]
+        log_probs, state, weights = model.step(prev, state, memory, keep_attention)  # [A, V], [A, ..., S]
         log_probs = _force_end(log_probs, limits[active] <= t)
         best_score, best = log_probs.max(dim=-1)  # [A]
         tokens[active, t] = best
@@ -113,8 +117,8 @@ def greedy_search(model, src: torch.Tensor, src_mask: torch.Tensor, max_length_r
 
 @torch.inference_mode()
 def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam_size: int = 5,
-                length_penalty_alpha: float = 1.0, max_length_ratio: float = 2.0, n_best: int = 1
-                ) -> list[list[Hypothesis]]:
+                length_penalty_alpha: float = 1.0, max_length_ratio: float = 2.0, n_best: int = 1,
+                keep_attention: bool = True) -> list[list[Hypothesis]]:
     """Beam search for a batch of sentences: B × k rows decoded together. Returns the n_best hypotheses per sentence,
     best first by score / lp(length).
 
@@ -142,7 +146,7 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam_size: int
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
 
     for t in range(int(limits.max()) + 1):
-        log_probs, state, weights = model.step(prev, state, memory)  # [A·k, V], [A·k, ..., S]
+        log_probs, state, weights = model.step(prev, state, memory, keep_attention)  # [A·k, V], [A·k, ..., S]
         log_probs = _force_end(log_probs, limits[active].repeat_interleave(k) <= t)
         count, vocab = active.numel(), log_probs.size(-1)
         candidates = (alive_scores.float().view(-1, 1) + log_probs).view(count, k * vocab)  # [A, k·V]

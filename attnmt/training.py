@@ -301,7 +301,8 @@ class Trainer:
         loss = self.dev_loss()
         translator = Translator(self.model, self.tokenizer, self.config)  # on the training device, in float32
         sources, references = zip(*self.corpora.dev)
-        hypotheses = [r.text for r in translator.translate(list(sources), beam_size=self.settings.validation_beam_size)]
+        translations = translator.translate(list(sources), beam_size=self.settings.validation_beam_size, attention=False)
+        hypotheses = [t.text for t in translations]
         scores = corpus_scores(hypotheses, list(references))
         improved = scores["bleu"] > self.progress.best_bleu
         if improved:

@@ -88,10 +88,11 @@ class Translator:
 
     def translate(self, sentences: list[str], beam_size: int | None = None, n_best: int | None = None,
                   length_penalty: float | None = None, max_length_ratio: float | None = None,
-                  batch_size: int | None = None) -> list[Translation]:
+                  batch_size: int | None = None, attention: bool = True) -> list[Translation]:
         """Translate sentences in batches of similar length; results come back in input order.
 
-        beam_size 1 is greedy search. An empty (or blank) sentence gives an empty translation.
+        beam_size 1 is greedy search. An empty (or blank) sentence gives an empty translation. `attention=False`
+        leaves `attention` and `attention_heads` None and skips gathering them (faster: text is all that is wanted).
         """
         search = self.config.search
         beam_size = beam_size or search.beam_size
@@ -115,10 +116,10 @@ class Translator:
             src, src_mask = pad_sequences([source_ids[i] for i in chunk])  # built on the CPU
             src, src_mask = src.to(device), src_mask.to(device)
             if beam_size == 1:
-                hypotheses = greedy_search(self.model, src, src_mask, max_length_ratio)
+                hypotheses = greedy_search(self.model, src, src_mask, max_length_ratio, attention)
             else:
                 hypotheses = beam_search(self.model, src, src_mask, beam_size, length_penalty, max_length_ratio,
-                                         min(n_best, beam_size))
+                                         min(n_best, beam_size), attention)
             for i, sentence_hypotheses in zip(chunk, hypotheses):
                 translations = [self._translation(h, source_ids[i]) for h in sentence_hypotheses]
                 best = translations[0]
@@ -126,6 +127,6 @@ class Translator:
                 results[i] = best
         for i, result in enumerate(results):
             if result is None:
-                results[i] = Translation("", [], [], np.zeros((0, 0), dtype=np.float32), 0.0)
+                results[i] = Translation("", [], [], np.zeros((0, 0), dtype=np.float32) if attention else None, 0.0)
         self.model.train(was_training)
         return results

@@ -31,10 +31,10 @@ class MarkovModel:
     def start_state(self, memory):
         return {"steps": torch.zeros(memory["mask"].size(0), dtype=torch.long)}
 
-    def step(self, prev, state, memory):
+    def step(self, prev, state, memory, need_weights=True):
         mask = memory["mask"]
         position = prev % mask.sum(dim=1)
-        weights = torch.nn.functional.one_hot(position, mask.size(1)).float()
+        weights = torch.nn.functional.one_hot(position, mask.size(1)).float() if need_weights else None
         return self.table[prev].float(), {"steps": state["steps"] + 1}, weights
 
     def sequence_score(self, tokens: list[int]) -> float:
@@ -170,7 +170,7 @@ def test_hypotheses_stop_at_the_length_limit_with_the_eos_log_prob_counted():
 
 def test_searches_without_attention_return_no_matrix():
     class NoAttention(MarkovModel):
-        def step(self, prev, state, memory):
+        def step(self, prev, state, memory, need_weights=True):
             log_probs, state, _ = super().step(prev, state, memory)
             return log_probs, state, None
 
@@ -314,6 +314,19 @@ def test_translator_reports_what_the_search_found(reversal_translator, inputs, g
         assert [t.score for t in translation.n_best] == sorted([t.score for t in translation.n_best], reverse=True)
 
 
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_text_only_translation_finds_the_same_hypotheses(reversal_translator, inputs, beam_size):
+    """attention=False skips gathering attention; tokens and scores stay those of the search that keeps it."""
+    sentences = inputs[0][::3]
+    kept = reversal_translator.translate(sentences, beam_size=beam_size, n_best=min(beam_size, 2))
+    text_only = reversal_translator.translate(sentences, beam_size=beam_size, n_best=min(beam_size, 2), attention=False)
+    for a, b in zip(kept, text_only, strict=True):
+        assert a.attention is not None and b.attention is None and b.attention_heads is None
+        assert [t.tokens for t in a.n_best] == [t.tokens for t in b.n_best]
+        assert [t.score for t in a.n_best] == pytest.approx([t.score for t in b.n_best], abs=1e-6)
+    assert reversal_translator.translate([""], attention=False)[0].attention is None
+
+
 def test_translator_passes_the_search_options_on(reversal_translator, inputs):
     """n-best lists from the Translator are those of beam_search with the same beam size and length penalty."""
     sentences, ids = inputs
@@ -341,9 +354,9 @@ def test_done_sentences_leave_the_beam_batch(reversal_translator):
         def __getattr__(self, name):
             return getattr(model, name)
 
-        def step(self, prev, state, memory):
+        def step(self, prev, state, memory, need_weights=True):
             rows_per_step.append(prev.numel())
-            return model.step(prev, state, memory)
+            return model.step(prev, state, memory, need_weights)
 
     src, src_mask = pad_sequences([short, long])
     together = beam_search(Counting(), src, src_mask, beam_size=4, length_penalty_alpha=1.0)

@@ -135,7 +135,7 @@ class Uncached:
     def start_state(self, memory):
         return {"prefix": memory["src"].new_zeros(memory["src"].size(0), 0)}
 
-    def step(self, prev, state, memory):
+    def step(self, prev, state, memory, need_weights=True):
         prefix = torch.cat([state["prefix"], prev.unsqueeze(1)], dim=1)  # [B, t]
         logits, attention = self.model(memory["src"], memory["src_mask"], prefix, return_attention=True)
         return torch.log_softmax(logits[:, -1], dim=-1), {"prefix": prefix}, attention[:, -1]
@@ -389,6 +389,24 @@ def test_cached_decoding_of_a_trained_model_equals_recomputing(trained_transform
     assert_same_hypotheses(beam, beam_search(Uncached(model), src, src_mask, beam_size=4, n_best=2))
     limits = max_lengths(src_mask, 2.0).tolist()
     assert any(len(h[0].tokens) < limit for h, limit in zip(greedy, limits))  # some stop at EOS, not at the limit
+
+
+def test_text_only_decoding_takes_the_fused_path_and_finds_the_same_hypotheses(trained_transformer):
+    """need_weights=False lets cross-attention run through scaled_dot_product_attention; the search finds the same
+    hypotheses with the same scores (to float rounding), without attention."""
+    model = trained_transformer.model.eval()
+    ids = trained_transformer.tokenizer.encode_source([src for src, _ in reversal_pairs(8, seed=25)])
+    src, src_mask = pad_sequences(ids)
+    for search in (greedy_search, lambda *a, **o: beam_search(*a, beam_size=4, n_best=2, **o)):
+        kept, text_only = search(model, src, src_mask), search(model, src, src_mask, keep_attention=False)
+        for mine, theirs in zip(text_only, kept, strict=True):
+            assert [h.tokens for h in mine] == [h.tokens for h in theirs]
+            assert [h.score for h in mine] == pytest.approx([h.score for h in theirs], abs=1e-4)
+            assert all(h.attention is None for h in mine)
+    with torch.inference_mode():
+        memory = model.encode(src, src_mask)
+        _, _, weights = model.step(torch.full((src.size(0),), BOS_ID), model.start_state(memory), memory, need_weights=False)
+    assert weights is None
 
 
 def test_translation_carries_every_head_and_averages_the_last_layer(trained_transformer):

@@ -2,7 +2,8 @@
 
     encode(src [B, S], src_mask [B, S]) -> memory            dict of batch-first tensors, computed once per sentence
     start_state(memory) -> state                               dict of batch-first tensors
-    step(prev_tokens [B], state, memory) -> (log_probs [B, V], state, attention [B, ..., S] or None)
+    step(prev_tokens [B], state, memory, need_weights=True)
+        -> (log_probs [B, V], state, attention [B, ..., S] or None)     None without attention or need_weights
     forward(src, src_mask, tgt_in [B, T]) -> (logits [B, T, V], attention [B, T, ..., S] or None)   teacher forcing
 
 Attention has the source positions on its last axis. The RNN returns one weight vector per step, [B, S]

@@ -251,13 +251,14 @@ class RNNSeq2Seq(nn.Module):
             state["attentional"] = memory["final"].new_zeros(batch, 1, self.config.hidden_size)
         return state
 
-    def step(self, prev_tokens: torch.Tensor, state: State, memory: State
+    def step(self, prev_tokens: torch.Tensor, state: State, memory: State, need_weights: bool = True
              ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
-        """prev_tokens [B] → log p(y_t | y_<t, x) [B, V], new state, attention weights [B, S] (or None)."""
+        """prev_tokens [B] → log p(y_t | y_<t, x) [B, V], new state, attention weights [B, S] (None without
+        attention, or unless `need_weights`)."""
         embedded = self.decoder.embed(prev_tokens).unsqueeze(1)  # [B, 1, E]
         attentional, state, weights = self.decoder.step(embedded, state, memory)
         log_probs = torch.log_softmax(self.decoder.output(attentional).squeeze(1), dim=-1)
-        return log_probs, state, None if weights is None else weights.squeeze(1)
+        return log_probs, state, weights.squeeze(1) if weights is not None and need_weights else None
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -268,13 +268,14 @@ class TransformerSeq2Seq(nn.Module):
             state[f"self_keys_{l}"], state[f"self_values_{l}"] = empty, empty
         return state
 
-    def step(self, prev_tokens: torch.Tensor, state: State, memory: State
-             ) -> tuple[torch.Tensor, State, torch.Tensor]:
+    def step(self, prev_tokens: torch.Tensor, state: State, memory: State, need_weights: bool = True
+             ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         """prev_tokens [B] → log p(y_t | y_<t, x) [B, V], the state one position longer, and the cross-attention
-        weights of every layer and head [B, L, H, S]."""
-        h, state, attention = self._decode(prev_tokens.unsqueeze(1), state, memory, need_weights=True)
+        weights of every layer and head [B, L, H, S] (None unless `need_weights`: then attention may take the fused
+        path)."""
+        h, state, attention = self._decode(prev_tokens.unsqueeze(1), state, memory, need_weights)
         log_probs = torch.log_softmax(self.output(h[:, -1]), dim=-1)  # [B, V]
-        return log_probs, state, attention[:, -1]
+        return log_probs, state, None if attention is None else attention[:, -1]
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor, return_attention: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -368,7 +368,8 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
         http.scope[SUBMITTED] = True
         batcher.expect(-1)  # no await between this and the job joining the queue in `submit`
         try:
-            results = await batcher.submit(texts, **options)
+            # text-only requests skip gathering attention; the two kinds are never batched together
+            results = await batcher.submit(texts, attention=request.return_attention, **options)
         except QueueFull as error:
             return _error_response(503, f"busy: {error}; retry shortly", headers={"retry-after": "1"})
         except BatcherClosed as error:

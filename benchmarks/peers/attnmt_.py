@@ -1,5 +1,9 @@
 """attnmt itself, from the environment `run.py` runs in (the repository's venv): the shipped Multi30k configs with the
-matched settings written over them, and the same sentencepiece model as every peer (`tokenizer.src_model`)."""
+matched settings written over them, and the same sentencepiece model as every peer (`tokenizer.src_model`).
+
+`attnmt-bf16` is the same with `training.mixed_precision: bf16`: the matrix products of training in bfloat16 under
+torch.autocast (weights, optimizer state and loss stay float32; translation is float32). It is not a matched setting
+(every peer trains in float32 here); its row shows what the option buys on a CPU with bfloat16 instructions."""
 
 from __future__ import annotations
 
@@ -98,3 +102,14 @@ class Attnmt(System):
                "--beam-size", str(job.beam), "--batch-size", str(MATCHED.decode_batch_sentences),
                "--length-penalty", "1.0", "--max-length-ratio", str(MATCHED.max_len_a)]
         return self.hook("decode", job.train, job.time_log, cli, ["--stdout", str(job.output)])
+
+
+class AttnmtBF16(Attnmt):
+    name, label, hook_name = "attnmt-bf16", "attnmt, bf16 autocast", "attnmt"
+    arch_notes = {arch: note + "; training under bf16 autocast (`training.mixed_precision: bf16`)"
+                  for arch, note in Attnmt.arch_notes.items()}
+
+    def config(self, job: TrainJob) -> dict:
+        config = super().config(job)
+        config["training"]["mixed_precision"] = "bf16"
+        return config

@@ -4,10 +4,11 @@ training settings, measured the same way.
     python benchmarks/peers/run.py setup                   # a virtual environment per peer, under the cache folder
     python benchmarks/peers/run.py speed                   # train target tokens/s and peak memory, 3 repetitions
     python benchmarks/peers/run.py bleu --minutes 30       # train each for 30 minutes; test2016 BLEU, sentences/s
+    python benchmarks/peers/run.py decode                  # decode again with the models of the last bleu runs
     python benchmarks/peers/run.py report                  # the docs table again, from the results JSON
     python benchmarks/peers/run.py smoke                   # all of it in a few minutes, into the cache folder only
 
---systems (attnmt joeynmt opennmt fairseq sockeye) and --arch (rnn transformer) choose what runs. The cache folder is
+--systems (attnmt attnmt-bf16 joeynmt opennmt fairseq sockeye) and --arch (rnn transformer) choose what runs. The cache folder is
 $ATTNMT_PEERS_CACHE, default ~/.cache/attnmt-peers: environments, the prepared data and every run's configs, logs and
 models go there, never into the repository. Results go to benchmarks/results/peers.json and to the peers section of
 docs/benchmarks.md; a system measured again replaces its earlier numbers, the others are kept.
@@ -31,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from attnmt_ import Attnmt  # noqa: E402
+from attnmt_ import Attnmt, AttnmtBF16  # noqa: E402
 from common import (ARCHS, MATCHED, ROOT, Arch, Data, DecodeJob, TrainJob, bleu, cache_dir, pip_version,  # noqa: E402
                     prepare_data, prepared_data, read_jsonl, read_lines, run_monitored, tail, utc_now)
 from fairseq_ import Fairseq  # noqa: E402
@@ -41,7 +42,8 @@ from report import machine, replace_section  # noqa: E402
 from sockeye_ import Sockeye  # noqa: E402
 from system import System  # noqa: E402
 
-SYSTEMS: dict[str, System] = {s.name: s for s in (Attnmt(), JoeyNMT(), OpenNMT(), Fairseq(), Sockeye())}
+SYSTEMS: dict[str, System] = {s.name: s for s in (Attnmt(), AttnmtBF16(), JoeyNMT(), OpenNMT(), Fairseq(),
+                                                   Sockeye())}
 PEERS = ["joeynmt", "opennmt", "fairseq", "sockeye"]
 BASELINE = "joeynmt"
 JSON_PATH = ROOT / "benchmarks" / "results" / "peers.json"
@@ -112,7 +114,8 @@ def train(system: System, arch: Arch, data: Data, work: Path, stop_after_steps: 
     result = {"system": system.name, "arch": arch.name, "invocation": INVOCATION, "command": shown(command),
               "work": shown([str(work)]),
               "returncode": finished.returncode, "wall_s": round(finished.wall_seconds, 1),
-              "peak_rss_mib": round(finished.peak_rss_mib), "parameters": parameters, "date": utc_now()}
+              "peak_rss_mib": round(finished.peak_rss_mib), "parameters": parameters, "date": utc_now(),
+              "version": system.version()}
     if finished.returncode != 0:
         result["error"] = tail(finished.log, 15)
     return job, {**result, "_records": records}
@@ -134,8 +137,9 @@ def speed_numbers(records: list[dict], warmup: int, steps: int) -> dict:
 
 # ---- decoding ----------------------------------------------------------------------------------------------------
 
-def decode(system: System, job: TrainJob, beam: int, split: str, repetition: int, score: bool) -> dict:
-    folder = job.work / "decode"
+def decode(system: System, job: TrainJob, beam: int, split: str, repetition: int, score: bool,
+           folder: str = "decode") -> dict:
+    folder = job.work / folder
     folder.mkdir(exist_ok=True)
     stem = f"{split}.beam{beam}.r{repetition}"
     decode_job = DecodeJob(job, beam, split, folder / f"{stem}.out", folder / f"{stem}.time.json")
@@ -213,13 +217,38 @@ def run_bleu(args, systems: list[str], data: Data, results: dict, out_root: Path
         trained.append((system, job, result))
         say(f"  -> {result.get('steps')} steps" + (f"\n{result['error']}" if "error" in result else ""))
         save(results, args)
+    decode_all(args, trained, results)
+
+
+def run_decode(args, systems: list[str], data: Data, results: dict, out_root: Path) -> None:
+    """Decode test2016 again with the models the last `bleu` run of each system and architecture left in the cache
+    folder (after a change to a system's decoding, without training again): its decode columns (sentences/s, BLEU)
+    are replaced, its training numbers kept, and the run records when and with which version it was decoded."""
+    runs, _ = plan(systems, args.arch)
+    trained = []
+    for system, arch in runs:
+        result = next((r for r in results.get("bleu", {}).get("runs", [])
+                       if (r["system"], r["arch"]) == (system.name, arch.name)), None)
+        work = Path(shlex.split(result["work"])[0]) if result else None
+        if result is None or "error" in result or not (work / "train.log").exists():
+            say(f"decode: {system.name} {arch.name} has no trained model of a bleu run; run `bleu` for it first")
+            continue
+        job = TrainJob(system.name, arch, data, work, system.python())
+        result.update({"decodes": [], "decoded": {"invocation": INVOCATION, "date": utc_now(),
+                                                   "version": system.version()}})
+        trained.append((system, job, result))
+    decode_all(args, trained, results, folder="decode-" + out_root.name)
+
+
+def decode_all(args, trained: list[tuple[System, TrainJob, dict]], results: dict, folder: str = "decode") -> None:
+    """Greedy and beam-k decoding of test2016 by each trained system, repeated in alternating order."""
     for repetition in range(args.decode_repeats):
         for system, job, result in alternating(trained, repetition):
             if "error" in result:
                 continue
             for beam in (1, MATCHED.beam_size):
                 say(f"bleu: decoding {args.split} with {system.name} {job.arch.name}, beam {beam}, r{repetition}")
-                decoded = decode(system, job, beam, args.split, repetition, score=repetition == 0)
+                decoded = decode(system, job, beam, args.split, repetition, score=repetition == 0, folder=folder)
                 result["decodes"].append(decoded)
                 say(f"  -> {decoded.get('sentences_per_s', 'failed')} sent/s, BLEU {decoded.get('bleu', '-')}"
                     + (f"\n{decoded['error']}" if "error" in decoded else ""))
@@ -321,6 +350,8 @@ def arch_table(rows: list[dict], arch_name: str, minutes: float | None) -> list[
     notes = []
     for row in rows:
         system = SYSTEMS[row["system"]]
+        if system.hook_name and row.get("parameters") is None:  # a variant (attnmt-bf16) that was not measured
+            continue
         if "n/a" in row:
             lines.append(f"| {row['label']} | " + " | ".join([f"n/a: {row['n/a']}"] + ["n/a"] * 7) + " |")
             continue
@@ -342,14 +373,23 @@ def arch_table(rows: list[dict], arch_name: str, minutes: float | None) -> list[
 
 
 def mapping_table() -> list[str]:
+    systems = [s for s in SYSTEMS.values() if not s.hook_name]  # variants map the settings as their toolkit does
     keys = []
-    for system in SYSTEMS.values():
+    for system in systems:
         keys += [k for k in system.mapping if k not in keys]
-    lines = ["| setting | " + " | ".join(s.label for s in SYSTEMS.values()) + " |",
-             "| --- | " + " | ".join("---" for _ in SYSTEMS) + " |"]
+    lines = ["| setting | " + " | ".join(s.label for s in systems) + " |",
+             "| --- | " + " | ".join("---" for _ in systems) + " |"]
     for key in keys:
-        lines.append(f"| {key} | " + " | ".join(s.mapping.get(key, "") for s in SYSTEMS.values()) + " |")
+        lines.append(f"| {key} | " + " | ".join(s.mapping.get(key, "") for s in systems) + " |")
     return lines
+
+
+def used_versions(measured: list[dict], name: str) -> str:
+    """The versions of a toolkit its numbers in the table (its variants' included) were measured with (runs record
+    them since 2026-11-21)."""
+    runs = [run for run in measured if (SYSTEMS[run["system"]].hook_name or run["system"]) == name]
+    used = {run.get("version") for run in runs} | {run["decoded"]["version"] for run in runs if "decoded" in run}
+    return " and ".join(sorted(v for v in used if v))
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -358,9 +398,10 @@ def write_markdown(results: dict, path: Path) -> None:
     versions = results.get("versions", {})
     measured = speed.get("runs", []) + bleu_section.get("runs", [])
     first_date: dict[str, str] = {}
-    for run in measured:  # each invocation that still has numbers in the table, with the date of its first run
-        invocation = run.get("invocation", "?")
-        first_date[invocation] = min(first_date.get(invocation, run["date"]), run["date"])
+    stamps = [(run.get("invocation", "?"), run["date"]) for run in measured]
+    stamps += [(run["decoded"]["invocation"], run["decoded"]["date"]) for run in measured if "decoded" in run]
+    for invocation, date in stamps:  # each invocation that still has numbers in the table, with its first date
+        first_date[invocation] = min(first_date.get(invocation, date), date)
     commands = sorted(first_date.items(), key=lambda c: c[1])
     minutes = bleu_section.get("minutes", DEFAULTS["minutes"])
     steps, warmup = speed.get("steps", DEFAULTS["steps"]), speed.get("warmup", DEFAULTS["warmup"])
@@ -371,7 +412,8 @@ def write_markdown(results: dict, path: Path) -> None:
         "## Side by side: attnmt, JoeyNMT, OpenNMT-py, fairseq, Sockeye (Multi30k de→en)",
         "",
         f"Machine: {results.get('machine', '?')}.  ",
-        "Versions: " + ", ".join(f"{SYSTEMS[n].label} {v}" for n, v in versions.items() if v)
+        "Versions: " + ", ".join(f"{SYSTEMS[n].label} {used_versions(measured, n) or v}"
+                                 for n, v in versions.items() if v and not SYSTEMS[n].hook_name)
         + "; torch " + ", ".join(sorted(set(results.get("torch_versions", {}).values())) or ["?"])
         + " in every environment.  ",
         f"Data: Multi30k train ({results.get('data', {}).get('train_pairs', '?')} pairs of at most "
@@ -418,7 +460,7 @@ def write_markdown(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["setup", "speed", "bleu", "report", "smoke"])
+    parser.add_argument("mode", choices=["setup", "speed", "bleu", "decode", "report", "smoke"])
     parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
     parser.add_argument("--arch", nargs="+", choices=list(ARCHS), default=list(ARCHS))
     parser.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="speed: timed steps")
@@ -483,7 +525,7 @@ def main() -> None:
     modes = ["speed", "bleu"] if args.mode == "smoke" else [args.mode]
     for mode in modes:
         out_root = cache_dir() / "runs" / f"{stamp}-{args.mode}"
-        (run_speed if mode == "speed" else run_bleu)(args, systems, data, results, out_root)
+        {"speed": run_speed, "bleu": run_bleu, "decode": run_decode}[mode](args, systems, data, results, out_root)
     save(results, args)
     say(f"results: {args.json}; table: {args.markdown}")
 

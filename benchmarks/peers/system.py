@@ -17,6 +17,7 @@ class System:
     """Base class: subclasses set the class attributes and implement the three methods that raise here."""
 
     name = ""  # the id used on the command line and in results
+    hook_name = ""  # the toolkit's entry in hooks.py, if not `name` (a variant of a toolkit shares its hooks)
     label = ""  # as printed in the table
     package = ""  # the pip distribution whose version is reported
     # arch name -> None if the system builds it, else the reason it cannot (shown as "n/a: reason")
@@ -55,7 +56,7 @@ class System:
 
     def hook(self, mode: str, job: TrainJob, log: Path, cli: list[str], extra: list[str] | None = None) -> list[str]:
         """The command that runs the toolkit's own command line `cli` (entry point name first) inside hooks.py."""
-        command = [str(job.python), "-P", str(HOOKS), mode, "--system", self.name, "--log", str(log)]
+        command = [str(job.python), "-P", str(HOOKS), mode, "--system", self.hook_name or self.name, "--log", str(log)]
         if mode == "train":
             if job.stop_after_steps is not None:
                 command += ["--stop-after-steps", str(job.stop_after_steps)]
