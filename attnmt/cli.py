@@ -95,7 +95,7 @@ def _read_input(path: str | None) -> list[str]:
 def command_translate(args) -> None:
     from attnmt.translator import Translator
 
-    translator = Translator.load(args.model_dir, device=args.device)
+    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
     lines = _read_input(args.input)
     chunk = 1000  # write as we go, so long inputs stream
     for start in range(0, len(lines), chunk):
@@ -116,7 +116,7 @@ def command_evaluate(args) -> None:
 
     pairs = read_corpus(CorpusConfig(src=args.src, tgt=args.ref))
     sources, references = [s for s, _ in pairs], [r for _, r in pairs]
-    translator = Translator.load(args.model_dir, device=args.device)
+    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
     translations = translator.translate(sources, attention=False, **_search_options(args))
     hypotheses = [t.text for t in translations]
     if args.output:
@@ -147,7 +147,7 @@ def command_attention(args) -> None:
     from attnmt.plotting import plot_attention, plot_attention_grid
     from attnmt.translator import Translator
 
-    translator = Translator.load(args.model_dir, device=args.device)
+    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
     result = translator.translate([args.sentence], beam_size=args.beam_size)[0]
     if not result.source_tokens:
         raise AttnmtError(f"the sentence {args.sentence!r} is empty: there is no attention to draw")
@@ -233,7 +233,7 @@ def command_serve(args) -> None:
         threads=args.threads, max_text_chars=args.max_text_chars, max_texts=args.max_texts,
         max_beam_size=args.max_beam_size, max_n_best=args.max_n_best, max_body_bytes=args.max_body_bytes)
     serve(args.model_dir, host=args.host, port=args.port, settings=settings, log_level=args.log_level,
-          device=args.device)
+          device=args.device, mixed_precision=args.mixed_precision)
 
 
 def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
@@ -257,6 +257,9 @@ def _add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=_device_name, default="auto",
                         help="where the model translates: auto (a GPU if torch sees one, else the CPU), cpu, cuda or "
                              "cuda:N (default auto)")
+    parser.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"], default="none",
+                        help="translate under torch.autocast: bf16 (CPUs with bfloat16 instructions, recent GPUs) or "
+                             "fp16 (GPUs); log-probabilities stay float32 (default none: float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,8 +4,9 @@
     mixed_precision   none (float32) | bf16 | fp16: the forward pass under torch.autocast; parameters, optimizer
                       state and the loss stay float32. fp16 needs a GPU and a gradient scaler (torch.amp.GradScaler).
 
-Training (`training.device`, `training.mixed_precision`) and translation (`Translator.load(device=...)`, the CLI's
-`--device`) both choose here. In a distributed run, process LOCAL_RANK of a machine with GPUs trains on
+Training (`training.device`, `training.mixed_precision`) and translation (`Translator.load(device=...,
+mixed_precision=...)`, the CLI's `--device` and `--mixed-precision`) both choose here. Translating under bf16 runs the
+matrix products in bfloat16 and every log-probability in float32. In a distributed run, process LOCAL_RANK of a machine with GPUs trains on
 cuda:LOCAL_RANK whatever GPU the config names; `device: cpu` keeps every process on the CPU (gloo).
 """
 
@@ -59,15 +60,16 @@ def choose(name: str = "auto", local_rank: int | None = None, option: str = "dev
     return torch.device("cuda", index)
 
 
-def check_mixed_precision(mode: str, device: torch.device) -> None:
-    """ConfigError where `training.mixed_precision` cannot run on `device`: fp16 off a GPU, bf16 on a GPU without
-    bfloat16 (before Ampere)."""
+def check_mixed_precision(mode: str, device: torch.device, option: str = "`training.mixed_precision`") -> None:
+    """ConfigError where a mixed-precision mode cannot run on `device`: fp16 off a GPU, bf16 on a GPU without
+    bfloat16 (before Ampere); `option` names what the user set."""
+    if mode not in ("none", *AUTOCAST_DTYPES):
+        raise ConfigError(f"{option}: {mode!r} is not a mode; choose none, bf16 or fp16")
     if mode == "fp16" and device.type != "cuda":
-        raise ConfigError(f"`training.mixed_precision: fp16` needs a GPU (float16 autocast with a gradient scaler), "
-                          f"but training runs on {device}; use `mixed_precision: bf16` or `none` on the CPU")
+        raise ConfigError(f"{option}: fp16 needs a GPU (float16 autocast), but the model runs on {device}; use bf16 "
+                          f"or none on the CPU")
     if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"`training.mixed_precision: bf16`: {device} ({torch.cuda.get_device_name(device)}) has no "
-                          f"bfloat16; use `mixed_precision: fp16`")
+        raise ConfigError(f"{option}: bf16 on {device} ({torch.cuda.get_device_name(device)}) which has no bfloat16; use fp16")
 
 
 def autocast(mode: str, device: torch.device) -> ContextManager:

@@ -8,8 +8,11 @@ A Transformer's translation also carries `attention_heads`, the cross-attention 
 its `attention` is the mean over the heads of the last layer.
 
 The CLI, the evaluation and the training loop's validation all translate through this class. It translates on the
-device of the model's parameters (validation: the training device), in float32, and moves each batch there; what it
-returns (tokens, scores, attention as numpy arrays) is on the CPU.
+device of the model's parameters (validation: the training device) and moves each batch there; what it returns
+(tokens, scores, attention as numpy arrays) is on the CPU. It computes in float32, or with `mixed_precision="bf16"`
+(fp16 on a GPU) under torch.autocast: matrix products in the lower precision, log-probabilities in float32; faster
+where the hardware has bfloat16 instructions, and the translations may differ a little (measured in
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -51,10 +54,13 @@ class Translation:
 class Translator:
     """A model with its tokenizer and config; translates on the device the model's parameters are on."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config, mixed_precision: str = "none"
+                 ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
+        devices.check_mixed_precision(mixed_precision, self.device, option="mixed_precision")
+        self.mixed_precision = mixed_precision
 
     @property
     def device(self) -> torch.device:
@@ -62,9 +68,10 @@ class Translator:
         return devices.model_device(self.model)
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "auto") -> "Translator":
+    def load(cls, model_dir: str | Path, device: str = "auto", mixed_precision: str = "none") -> "Translator":
         """Load config.yaml, the tokenizer and model.safetensors from a model directory, and put the model on `device`
-        (auto | cpu | cuda | cuda:N; auto: a GPU if torch sees one, else the CPU)."""
+        (auto | cpu | cuda | cuda:N; auto: a GPU if torch sees one, else the CPU); it translates in float32, or
+        under autocast with `mixed_precision` bf16 | fp16 (fp16: GPUs only)."""
         target = devices.choose(device, option="device")
         model_dir = Path(model_dir)
         if not (model_dir / checkpoint.CONFIG_FILE).is_file():
@@ -74,7 +81,7 @@ class Translator:
         model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         checkpoint.load_model_weights(model_dir / checkpoint.MODEL_FILE, model)
         model.to(target).eval()
-        return cls(model, tokenizer, config)
+        return cls(model, tokenizer, config, mixed_precision)
 
     def _translation(self, hypothesis: Hypothesis, source_ids: list[int]) -> Translation:
         attention, heads = hypothesis.attention, None
@@ -115,11 +122,12 @@ class Translator:
             chunk = order[start:start + batch_size]
             src, src_mask = pad_sequences([source_ids[i] for i in chunk])  # built on the CPU
             src, src_mask = src.to(device), src_mask.to(device)
-            if beam_size == 1:
-                hypotheses = greedy_search(self.model, src, src_mask, max_length_ratio, attention)
-            else:
-                hypotheses = beam_search(self.model, src, src_mask, beam_size, length_penalty, max_length_ratio,
-                                         min(n_best, beam_size), attention)
+            with devices.autocast(self.mixed_precision, device):
+                if beam_size == 1:
+                    hypotheses = greedy_search(self.model, src, src_mask, max_length_ratio, attention)
+                else:
+                    hypotheses = beam_search(self.model, src, src_mask, beam_size, length_penalty, max_length_ratio,
+                                             min(n_best, beam_size), attention)
             for i, sentence_hypotheses in zip(chunk, hypotheses):
                 translations = [self._translation(h, source_ids[i]) for h in sentence_hypotheses]
                 best = translations[0]

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -170,8 +172,7 @@ def main() -> None:
             for row in measure_config(path, args.steps, args.warmup, args.threads, precisions)]
     first_mode = [row for row in rows if row["mixed_precision"] == "none"]
     matmul = {mode: matmul_rates(first_mode, DTYPES[mode]) for mode in precisions}
-    command = "python benchmarks/efficiency.py --threads " + str(args.threads) + \
-        ("" if precisions == ["none"] else " --mixed-precision " + " ".join(precisions))
+    command = "python " + shlex.join(["benchmarks/efficiency.py", *sys.argv[1:]])
     results = {"machine": machine(), "threads": args.threads, "torch": torch.__version__, "command": command,
                "matmul": matmul, "configs": rows}
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")

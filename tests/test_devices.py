@@ -105,7 +105,7 @@ def test_with_gpus_auto_takes_one_and_a_distributed_process_takes_its_local_rank
 
 def test_fp16_on_the_cpu_is_a_config_error(tiny_config, tmp_path, no_gpu):
     for device in ("cpu", "auto"):
-        with pytest.raises(ConfigError, match="`training.mixed_precision: fp16` needs a GPU"):
+        with pytest.raises(ConfigError, match="`training.mixed_precision`: fp16 needs a GPU"):
             Trainer(tiny_config(tmp_path / device, {"training.device": device, "training.mixed_precision": "fp16"}),
                     show_progress=False)
         assert not (tmp_path / device).exists()  # refused before anything was written
@@ -303,3 +303,30 @@ def test_cli_device_option(capsys, tiny_model_dir, tmp_path, no_gpu):
             main([command[0], str(tiny_model_dir), *command[1:], "--device", "gpu"])
         assert exit_.value.code == 2
         assert "--device: 'gpu' is not a device; choose one of auto, cpu, cuda, cuda:N" in capsys.readouterr().err
+
+
+def test_bf16_translation_on_the_cpu_agrees_with_float32(reversal_model, capsys, tmp_path):
+    """Under bf16 autocast the matrix products lose precision, the log-probabilities are float32: the trained
+    reversal model translates (almost) every held-out sentence as in float32, with close scores."""
+    sentences = [src for src, _ in reversal_model.test_pairs[:100]]
+    float32 = Translator.load(reversal_model.model_dir, device="cpu")
+    bf16 = Translator.load(reversal_model.model_dir, device="cpu", mixed_precision="bf16")
+    for beam_size in (1, 4):
+        expected = float32.translate(sentences, beam_size=beam_size)
+        got = bf16.translate(sentences, beam_size=beam_size)
+        same = [a.text == b.text for a, b in zip(expected, got, strict=True)]
+        assert sum(same) >= 95
+        assert all(isinstance(b.score, float) and b.score <= 0 for b in got)
+        assert max(abs(a.score - b.score) for a, b, s in zip(expected, got, same) if s) < 0.1
+        assert got[0].attention.dtype == expected[0].attention.dtype  # weights come back as float32 numpy
+    source = tmp_path / "input.txt"
+    source.write_text("\n".join(sentences[:5]) + "\n", encoding="utf-8")
+    assert main(["translate", str(reversal_model.model_dir), "--input", str(source), "--mixed-precision", "bf16"]) == 0
+    assert capsys.readouterr().out.count("\n") == 5
+
+
+def test_fp16_translation_on_the_cpu_is_a_config_error(tiny_model_dir, capsys, no_gpu):
+    with pytest.raises(ConfigError, match="mixed_precision: fp16 needs a GPU"):
+        Translator.load(tiny_model_dir, device="cpu", mixed_precision="fp16")
+    assert main(["translate", str(tiny_model_dir), "--mixed-precision", "fp16"]) == 2
+    assert "fp16 needs a GPU" in capsys.readouterr().err

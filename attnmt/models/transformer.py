@@ -274,7 +274,7 @@ class TransformerSeq2Seq(nn.Module):
         weights of every layer and head [B, L, H, S] (None unless `need_weights`: then attention may take the fused
         path)."""
         h, state, attention = self._decode(prev_tokens.unsqueeze(1), state, memory, need_weights)
-        log_probs = torch.log_softmax(self.output(h[:, -1]), dim=-1)  # [B, V]
+        log_probs = torch.log_softmax(self.output(h[:, -1]).float(), dim=-1)  # float32 [B, V], under autocast too
         return log_probs, state, None if attention is None else attention[:, -1]
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor, return_attention: bool = False

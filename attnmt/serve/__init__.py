@@ -89,14 +89,15 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          log_level: str = "info", device: str = "auto") -> None:
-    """Load the model directory onto `device` (auto | cpu | cuda | cuda:N) and serve it until interrupted (Ctrl-C)."""
+          log_level: str = "info", device: str = "auto", mixed_precision: str = "none") -> None:
+    """Load the model directory onto `device` (auto | cpu | cuda | cuda:N), translating in `mixed_precision` (none |
+    bf16 | fp16), and serve it until interrupted (Ctrl-C)."""
     import uvicorn
 
     from attnmt.translator import Translator
 
     settings = settings or ServeSettings()
-    translator = Translator.load(model_dir, device)  # CheckpointError (an AttnmtError) for a bad directory
+    translator = Translator.load(model_dir, device, mixed_precision)  # CheckpointError (an AttnmtError) for a bad directory
     _check_port_free(host, port)
     app = create_app(translator, settings)
     batching = (f"batches of up to {settings.max_batch_size} texts, {settings.max_wait_ms:g} ms wait"
