@@ -229,7 +229,7 @@ def run_decode(args, systems: list[str], data: Data, results: dict, out_root: Pa
     for system, arch in runs:
         result = next((r for r in results.get("bleu", {}).get("runs", [])
                        if (r["system"], r["arch"]) == (system.name, arch.name)), None)
-        work = Path(shlex.split(result["work"])[0]) if result else None
+        work = Path(shlex.split(result["work"])[0].replace("$ATTNMT_PEERS_CACHE", str(cache_dir()))) if result else None
         if result is None or "error" in result or not (work / "train.log").exists():
             say(f"decode: {system.name} {arch.name} has no trained model of a bleu run; run `bleu` for it first")
             continue
