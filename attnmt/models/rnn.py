@@ -257,7 +257,9 @@ class RNNSeq2Seq(nn.Module):
         attention, or unless `need_weights`)."""
         embedded = self.decoder.embed(prev_tokens).unsqueeze(1)  # [B, 1, E]
         attentional, state, weights = self.decoder.step(embedded, state, memory)
-        log_probs = torch.log_softmax(self.decoder.output(attentional).squeeze(1).float(), dim=-1)  # float32 [B, V]
+        logits = self.decoder.output(attentional).squeeze(1)  # [B, V]
+        # at least float32 (under bf16/fp16 autocast too), so that search sums exact log-probabilities
+        log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         return log_probs, state, weights.squeeze(1) if weights is not None and need_weights else None
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor

@@ -274,7 +274,9 @@ class TransformerSeq2Seq(nn.Module):
         weights of every layer and head [B, L, H, S] (None unless `need_weights`: then attention may take the fused
         path)."""
         h, state, attention = self._decode(prev_tokens.unsqueeze(1), state, memory, need_weights)
-        log_probs = torch.log_softmax(self.output(h[:, -1]).float(), dim=-1)  # float32 [B, V], under autocast too
+        logits = self.output(h[:, -1])  # [B, V]
+        # at least float32 (under bf16/fp16 autocast too), so that search sums exact log-probabilities
+        log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         return log_probs, state, None if attention is None else attention[:, -1]
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor, return_attention: bool = False
