@@ -102,10 +102,6 @@ class Data:
         return self.root / "spm.model"
 
     @property
-    def spm_vocab(self) -> Path:
-        return self.root / "spm.vocab"
-
-    @property
     def vocab_list(self) -> Path:
         """The joint vocabulary: every piece of the training set (both sides), most frequent first, one a line."""
         return self.root / "vocab.joint.txt"

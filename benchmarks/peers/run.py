@@ -169,13 +169,20 @@ def decode(system: System, job: TrainJob, beam: int, split: str, repetition: int
 
 # ---- the modes ---------------------------------------------------------------------------------------------------
 
-def run_speed(args, systems: list[str], data: Data, results: dict, out_root: Path) -> None:
-    runs, not_available = plan(systems, args.arch)
-    section = results.setdefault("speed", {})
+def open_section(results: dict, mode: str, settings: dict, not_available: list[dict]) -> dict:
+    """The results section of a mode, with this run's settings; says which systems cannot run an architecture."""
+    section = results.setdefault(mode, {})
     section.setdefault("runs", [])
-    section.update({"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats})
+    section.update(settings)
     for row in not_available:
         say(f"{row['system']} {row['arch']}: n/a ({row['n/a']})")
+    return section
+
+
+def run_speed(args, systems: list[str], data: Data, results: dict, out_root: Path) -> None:
+    runs, not_available = plan(systems, args.arch)
+    section = open_section(results, "speed", {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats},
+                           not_available)
     for repetition in range(args.repeats):
         for system, arch in alternating(runs, repetition):
             say(f"speed r{repetition}: {system.name} {arch.name} ({args.warmup} + {args.steps} steps)")
@@ -193,11 +200,8 @@ def run_speed(args, systems: list[str], data: Data, results: dict, out_root: Pat
 
 def run_bleu(args, systems: list[str], data: Data, results: dict, out_root: Path) -> None:
     runs, not_available = plan(systems, args.arch)
-    section = results.setdefault("bleu", {})
-    section.setdefault("runs", [])
-    section.update({"minutes": args.minutes, "test": args.split, "decode_repeats": args.decode_repeats})
-    for row in not_available:
-        say(f"{row['system']} {row['arch']}: n/a ({row['n/a']})")
+    section = open_section(results, "bleu", {"minutes": args.minutes, "test": args.split,
+                                             "decode_repeats": args.decode_repeats}, not_available)
     trained = []
     for system, arch in runs:  # one training each, in the order given
         say(f"bleu: training {system.name} {arch.name} for {args.minutes} minutes")
