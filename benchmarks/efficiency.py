@@ -21,7 +21,6 @@ Writes benchmarks/results/efficiency.json and the "Efficiency" section of docs/b
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -32,13 +31,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from report import machine, replace_section
+from report import machine, publish
 
 from attnmt.config import load_config
 from attnmt.training import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- efficiency:begin -->", "<!-- efficiency:end -->"
 DEFAULT_CONFIGS = ["configs/multi30k_de_en_rnn.yaml", "configs/multi30k_de_en_transformer.yaml"]
 
 
@@ -175,11 +173,7 @@ def main() -> None:
     command = "python " + shlex.join(["benchmarks/efficiency.py", *sys.argv[1:]])
     results = {"machine": machine(), "threads": args.threads, "torch": torch.__version__, "command": command,
                "matmul": matmul, "configs": rows}
-    Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    table = markdown(results)
-    section = f"{BEGIN}\n## Efficiency: model FLOP/s against the matmul rate\n\n{table}\n{END}"
-    replace_section(ROOT / "docs" / "benchmarks.md", BEGIN, END, section)
-    print(table)
+    publish(results, args.out, "efficiency", "Efficiency: model FLOP/s against the matmul rate", markdown(results))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""What every benchmark report shares: the machine it ran on, and its own section of docs/benchmarks.md."""
+"""What every benchmark report shares: the machine it ran on, its results JSON and its own section of
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -35,3 +37,13 @@ def replace_section(path: Path, begin: str, end: str, section: str) -> None:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+def publish(results: dict, json_path: str | Path, marker: str, title: str, table: str) -> None:
+    """Write `results` as JSON to `json_path`, put `table` under `## title` into docs/benchmarks.md between the
+    markers `<!-- marker:begin -->` and `<!-- marker:end -->`, and print the table."""
+    Path(json_path).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    docs = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+    replace_section(docs, begin, end, f"{begin}\n## {title}\n\n{table}\n{end}")
+    print(table)

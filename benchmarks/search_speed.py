@@ -20,7 +20,6 @@ Writes benchmarks/results/search_speed.json and the "Decoding" section of docs/b
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -31,13 +30,12 @@ from pathlib import Path
 import sacrebleu
 import torch
 
-from report import machine, replace_section
+from report import machine, publish
 
 from attnmt.data import read_lines
 from attnmt.translator import Translator
 
 ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- search-speed:begin -->", "<!-- search-speed:end -->"
 DATA = ROOT.parent / "shared" / "data" / "multi30k"
 # name: (gather attention, mixed precision); the first is the reference the others are compared with
 WAYS = {"with attention": (True, "none"), "text only": (False, "none"), "text only, bf16": (False, "bf16")}
@@ -124,10 +122,8 @@ def main() -> None:
     results = {"machine": machine(), "torch": torch.__version__, "threads": args.threads, "command": command,
                "source": os.path.relpath(args.src, ROOT), "reference": os.path.relpath(args.ref, ROOT), "sentences": len(sentences), "batch": args.batch, "repeats": args.repeats,
                "models": models}
-    Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    section = f"{BEGIN}\n## Decoding: gathering attention or not, float32 or bf16\n\n{markdown(results)}\n{END}"
-    replace_section(ROOT / "docs" / "benchmarks.md", BEGIN, END, section)
-    print(markdown(results))
+    publish(results, args.out, "search-speed", "Decoding: gathering attention or not, float32 or bf16",
+            markdown(results))
 
 
 if __name__ == "__main__":
