@@ -74,10 +74,12 @@ def dev_losses(config_path: str, scheme: str, steps: int, every: int, threads: i
 
 def markdown(results: dict) -> str:
     schemes = list(results["dev_loss"])
-    lines = [f"`{results['command']}` on {results['machine']}. One model per scheme, trained from the same seed on the "
-             "same batches in the same order; dev loss per target token. (The config above is the one the peers "
-             "benchmark writes for attnmt's RNN: `python benchmarks/peers/run.py bleu --arch rnn --systems attnmt`.)",
-             "",
+    intro = (f"`{results['command']}` on {results['machine']}. One model per scheme, trained from the same seed on the "
+             "same batches in the same order; dev loss per target token.")
+    if "bleu-rnn-attnmt" in results["config"]:
+        intro += (" (The config is the one the peers benchmark writes for attnmt's RNN: "
+                  "`python benchmarks/peers/run.py bleu --arch rnn --systems attnmt`.)")
+    lines = [intro, "",
              "| step | " + " | ".join(f"dev loss, {scheme}" for scheme in schemes) + " |",
              "|---:|" + "---:|" * len(schemes)]
     for i, row in enumerate(results["dev_loss"][schemes[0]]):
