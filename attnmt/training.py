@@ -3,8 +3,9 @@
     loss = − Σ_t Σ_y q(y) log p(y | y*_<t, x) / (number of target tokens)
            q = (1 − ε) one_hot(y*_t) + ε / V                    label smoothing ε
     g ← g · min(1, c / ‖g‖)                                     gradient-norm clipping (exploding gradients, seed 003)
-    lr(step) = base · min(1, step / warmup) · decay             decay × factor after `plateau_patience` validations
-                                                                without a lower dev loss (constant: decay = 1)
+    lr(step) = max(base · min(1, step / warmup) · decay, min)   schedule: constant (decay = 1) or plateau (decay ×
+                                                                factor after `plateau_patience` validations without
+                                                                a lower dev loss); min = `min_learning_rate`
     lr(step) = base · min(step / warmup, √(warmup / step))     schedule: inverse_sqrt (the Transformer's): linear
                                                                 warmup to base, then decay as 1/√step
 
@@ -13,9 +14,11 @@ each process of a distributed run on its own share of them (see attnmt/distribut
 target tokens of the whole step, so the step's gradient is the same however many processes share it.
 
 Every `validate_every` steps: dev loss and dev sacreBLEU; the best model by BLEU goes to MODEL_DIR/model.safetensors,
-the last step to MODEL_DIR/train_state/ (parameters, optimizer, RNG, schedule and the position in the data), from
-which `attnmt train --resume` continues exactly where the run stopped. In a distributed run only the main process
-(rank 0) validates and writes; the others wait for it and take over its results.
+and after `early_stopping_patience` validations without a better BLEU training stops (`ValidationBookkeeper` decides
+both, and steps the plateau schedule); the last step goes to MODEL_DIR/train_state/ (parameters, optimizer, RNG,
+schedule and the position in the data), from which `attnmt train --resume` continues exactly where the run stopped.
+In a distributed run only the main process (rank 0) validates and writes; the others wait for it and take over its
+results.
 
 Everything runs on `training.device`, the forward pass under autocast where `training.mixed_precision` asks for it
 (bf16, or fp16 with a gradient scaler; the loss in float32): see attnmt/devices.py.
@@ -27,7 +30,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -36,8 +39,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from attnmt import checkpoint, devices, distributed
-from attnmt.config import Config
-from attnmt.data import Batch, ParallelData, Tokenizer, drop_empty_pairs, read_corpus, split_by_target
+from attnmt.config import Config, TrainingConfig
+from attnmt.data import Batch, ParallelData, Tokenizer, read_corpora
 from attnmt.data.tokenizer import PAD_ID
 from attnmt.errors import CheckpointError, ConfigError
 from attnmt.evaluation import corpus_scores
@@ -45,60 +48,61 @@ from attnmt.models import build_model
 from attnmt.translator import Translator
 
 
-@dataclass
-class Corpora:
-    """The text of each split after reading and cleaning, and what was dropped on the way."""
-
-    train: list[tuple[str, str]]
-    dev: list[tuple[str, str]]
-    test: list[tuple[str, str]]
-    dropped_empty: int
+# --- the learning rate ------------------------------------------------------------------------------------------------
 
 
-def read_corpora(config: Config) -> Corpora:
-    """Read train/dev/test as configured: given files, or dev/test cut from train by target sentence."""
-    data = config.data
-    train, dropped = drop_empty_pairs(read_corpus(data.train))
-    if data.split is not None:
-        train, dev, test = split_by_target(train, data.split.dev_size, data.split.test_size, data.split.seed)
-    else:
-        dev, dropped_dev = drop_empty_pairs(read_corpus(data.dev))
-        test, dropped_test = drop_empty_pairs(read_corpus(data.test)) if data.test else ([], 0)
-        dropped += dropped_dev + dropped_test
-    return Corpora(train, dev, test, dropped)
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """min(1, step / warmup): the linear warmup, 1 from step `warmup` on (always 1 without warmup)."""
+    return min(1.0, step / warmup_steps) if warmup_steps else 1.0
+
+
+def learning_rate(step: int, settings: TrainingConfig, decay: float = 1.0) -> float:
+    """The learning rate of optimizer step `step` (the first step is 1): a pure function of the step, given the
+    plateau schedule's `decay` (1 until a plateau cuts it; always 1 for constant and inverse_sqrt).
+
+    constant, plateau:  lr(step) = max(base · min(1, step / warmup) · decay, min_learning_rate)
+    inverse_sqrt:       lr(step) = base · min(step / warmup, √(warmup / step)): rises linearly to `base` at
+                        step = warmup, then falls as 1/√step. With base = d_model^−0.5 · warmup^−0.5 this is Vaswani
+                        et al.'s d_model^−0.5 · min(step^−0.5, step · warmup^−1.5). No floor: the formula as written.
+    """
+    base, warmup = settings.learning_rate, settings.warmup_steps
+    if settings.schedule == "inverse_sqrt":
+        step = max(step, 1)
+        # 1. step ≤ warmup: step / warmup is the smaller, a linear rise to `base`
+        # 2. step > warmup: √(warmup / step) is the smaller, a fall as 1/√step
+        return base * min(step / warmup, math.sqrt(warmup / step))
+    # 1. step < warmup: a linear rise to `base`   2. then `base`, times the plateau's decay   3. never under the floor
+    return max(base * warmup_factor(step, warmup) * decay, settings.min_learning_rate)
 
 
 class LearningRateSchedule:
-    """constant, plateau: lr(step) = max(base · min(1, step / warmup) · decay, min_learning_rate), with decay cut by
-    `factor` on a dev-loss plateau (plateau only).
+    """`learning_rate` with the one state a schedule has: the plateau decay. With `schedule: plateau`, a dev loss
+    no lower than the best so far is a bad validation; after more than `plateau_patience` of them in a row
+    decay ← decay · `plateau_factor` and the count starts again. Other schedules keep decay = 1.
 
-    inverse_sqrt: lr(step) = base · min(step / warmup, √(warmup / step)): rises linearly to `base` at step = warmup,
-    then falls as 1/√step. With base = d_model^−0.5 · warmup^−0.5 this is Vaswani et al.'s
-    d_model^−0.5 · min(step^−0.5, step · warmup^−1.5). No floor: the formula as written.
+    state_dict keys (train_state/state.json "schedule"): decay, best_loss, bad_validations.
     """
 
-    def __init__(self, config) -> None:
-        self.config = config
+    def __init__(self, settings: TrainingConfig) -> None:
+        self.settings = settings
         self.decay = 1.0
         self.best_loss = math.inf
         self.bad_validations = 0
 
     def rate(self, step: int) -> float:
-        if self.config.schedule == "inverse_sqrt":
-            warmup, step = self.config.warmup_steps, max(step, 1)
-            return self.config.learning_rate * min(step / warmup, math.sqrt(warmup / step))
-        warmup = min(1.0, step / self.config.warmup_steps) if self.config.warmup_steps else 1.0
-        return max(self.config.learning_rate * warmup * self.decay, self.config.min_learning_rate)
+        """The learning rate of step `step`: `learning_rate(step, settings, decay)`."""
+        return learning_rate(step, self.settings, self.decay)
 
     def after_validation(self, dev_loss: float) -> None:
-        if self.config.schedule != "plateau":
+        """Count a plateau (plateau schedule only): cut the decay after `plateau_patience` bad validations."""
+        if self.settings.schedule != "plateau":
             return
         if dev_loss < self.best_loss:
             self.best_loss, self.bad_validations = dev_loss, 0
             return
         self.bad_validations += 1
-        if self.bad_validations > self.config.plateau_patience:
-            self.decay *= self.config.plateau_factor
+        if self.bad_validations > self.settings.plateau_patience:
+            self.decay *= self.settings.plateau_factor
             self.bad_validations = 0
 
     def state_dict(self) -> dict:
@@ -106,6 +110,65 @@ class LearningRateSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.decay, self.best_loss, self.bad_validations = state["decay"], state["best_loss"], state["bad_validations"]
+
+
+# --- what a validation decides ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValidationDecision:
+    """What one validation decided."""
+
+    save_best: bool  # dev BLEU beat every earlier validation's: write the model to MODEL_DIR/model.safetensors
+    stop_early: bool  # `early_stopping_patience` regular validations in a row without a better dev BLEU: stop
+
+
+class ValidationBookkeeper:
+    """Decides, from each validation's dev loss and BLEU, whether to save the model as the best and whether to stop
+    early, and steps the plateau schedule; holds what it decides from.
+
+    Every validation: save as best ⇔ bleu > best_bleu. Regular validations (every `validate_every` steps) also
+    step `schedule` on the dev loss and count the validations without a BLEU above best_regular_bleu; once that count
+    reaches `early_stopping_patience` (None: never), training stops. The validation at the very end of a run is not
+    regular: it only saves, so that a stopped and resumed run trains as the straight run does.
+
+    state_dict keys (train_state/state.json "progress", next to `Progress`'s): best_bleu, best_regular_bleu,
+    validations_without_improvement, stopped_early. The schedule's state is saved on its own ("schedule").
+    """
+
+    def __init__(self, schedule: LearningRateSchedule, early_stopping_patience: int | None) -> None:
+        self.schedule = schedule
+        self.patience = early_stopping_patience
+        self.best_bleu = -1.0
+        self.best_regular_bleu = -1.0  # the best of the regular validations only: what early stopping compares with
+        self.validations_without_improvement = 0
+        self.stopped_early = False
+
+    def decide(self, loss: float, bleu: float, regular: bool = True) -> ValidationDecision:
+        """Take one validation's dev loss and BLEU into account; return what it decides."""
+        save_best = bleu > self.best_bleu
+        if save_best:
+            self.best_bleu = bleu
+        if not regular:
+            return ValidationDecision(save_best=save_best, stop_early=False)
+        self.schedule.after_validation(loss)
+        if bleu > self.best_regular_bleu:
+            self.best_regular_bleu, self.validations_without_improvement = bleu, 0
+        else:
+            self.validations_without_improvement += 1
+        if self.patience and self.validations_without_improvement >= self.patience:
+            self.stopped_early = True
+        return ValidationDecision(save_best=save_best, stop_early=self.stopped_early)
+
+    def state_dict(self) -> dict:
+        return {"best_bleu": self.best_bleu, "best_regular_bleu": self.best_regular_bleu,
+                "validations_without_improvement": self.validations_without_improvement,
+                "stopped_early": self.stopped_early}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from `state` (a state.json "progress" dict); a key it lacks keeps its current value."""
+        for name, value in self.state_dict().items():
+            setattr(self, name, state.get(name, value))
 
 
 def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -116,17 +179,14 @@ def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: 
 
 @dataclass
 class Progress:
-    """Where training is: saved with every checkpoint so that a resumed run continues from here."""
+    """Where training is: saved with every checkpoint (state.json "progress", together with the
+    `ValidationBookkeeper`'s state) so that a resumed run continues from here."""
 
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of this epoch already trained on
     target_tokens: int = 0
     seconds: float = 0.0  # training time so far, over all runs of this model directory
-    best_bleu: float = -1.0
-    best_regular_bleu: float = -1.0  # best of the regular validations only: what early stopping compares with
-    validations_without_improvement: int = 0
-    stopped_early: bool = False
 
 
 class Trainer:
@@ -169,12 +229,13 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings.learning_rate,
                                           betas=self.settings.adam_betas, weight_decay=self.settings.weight_decay)
         self.scaler = devices.gradient_scaler(self.settings.mixed_precision, self.dist.device)
-        self.schedule = LearningRateSchedule(self.settings)
+        self.schedule = LearningRateSchedule(self.settings)  # its plateau decay is stepped by `validations`
+        self.validations = ValidationBookkeeper(self.schedule, self.settings.early_stopping_patience)
         self.progress = Progress()
         if resume:  # onto the model's device, whichever device the state was saved from
             saved = checkpoint.load_train_state(self.model_dir, self.model, self.optimizer)
             self.schedule.load_state_dict(saved["schedule"])
-            self.progress = Progress(**saved["progress"])
+            self._load_progress(saved["progress"])
             if self.scaler.is_enabled() and "grad_scaler" in saved:
                 self.scaler.load_state_dict(saved["grad_scaler"])
         self.network = self.dist.wrap(self.model)  # what training calls; DDP all-reduces the gradients in backward
@@ -195,12 +256,12 @@ class Trainer:
     # --- reporting -----------------------------------------------------------------------------------------------
 
     def data_report(self) -> str:
-        c = self.corpora
+        c, description = self.corpora, self.model.describe()
         return (f"data: {len(self.train_data)} training pairs ({self.dropped_long} dropped over "
                 f"{self.config.data.max_length} subwords, {c.dropped_empty} empty pairs dropped), "
                 f"{len(c.dev)} dev, {len(c.test)} test; vocabulary {self.tokenizer.src_vocab_size} source / "
                 f"{self.tokenizer.tgt_vocab_size} target ({'joint' if self.tokenizer.joint else 'separate'}); "
-                f"model {sum(p.numel() for p in self.model.parameters()):,} parameters on {self.dist.device}, "
+                f"model: {description.summary}, {description.parameters:,} parameters on {self.dist.device}, "
                 f"mixed precision {self.settings.mixed_precision}")
 
     def distributed_report(self) -> str:
@@ -295,49 +356,58 @@ class Trainer:
             tokens += batch.num_tgt_tokens
         return total / max(tokens, 1)
 
-    def validate(self, drives_schedule: bool = True) -> dict:
-        """Dev loss and BLEU; save the model if BLEU improved. Regular validations also drive the schedule and
-        early stopping; the one at the very end of a run only saves (so a stopped and resumed run trains the same)."""
-        loss = self.dev_loss()
+    def dev_scores(self) -> dict[str, float]:
+        """Corpus BLEU and chrF of the model's translations of dev (beam `validation_beam_size`)."""
         translator = Translator(self.model, self.tokenizer, self.config)  # on the training device, in float32
         sources, references = zip(*self.corpora.dev)
         translations = translator.translate(list(sources), beam_size=self.settings.validation_beam_size, attention=False)
-        hypotheses = [t.text for t in translations]
-        scores = corpus_scores(hypotheses, list(references))
-        improved = scores["bleu"] > self.progress.best_bleu
-        if improved:
-            self.progress.best_bleu = scores["bleu"]
+        return corpus_scores([t.text for t in translations], list(references))
+
+    def validate(self, regular: bool = True) -> tuple[dict, ValidationDecision]:
+        """Dev loss and BLEU, and what `validations` decides from them: save the model if BLEU improved; regular
+        validations also step the schedule and count towards early stopping (see `ValidationBookkeeper`). Logs the
+        record to MODEL_DIR/validations.jsonl and returns it with the decision."""
+        loss = self.dev_loss()
+        scores = self.dev_scores()
+        decision = self.validations.decide(loss, scores["bleu"], regular)
+        if decision.save_best:
             checkpoint.save_model(self.model_dir / checkpoint.MODEL_FILE, self.model)
-        if drives_schedule:
-            self.schedule.after_validation(loss)
-            regular_improved = scores["bleu"] > self.progress.best_regular_bleu
-            self.progress.best_regular_bleu = max(self.progress.best_regular_bleu, scores["bleu"])
-            self.progress.validations_without_improvement = 0 if regular_improved else \
-                self.progress.validations_without_improvement + 1
         record = {"step": self.progress.step, "epoch": self.progress.epoch, "dev_loss": round(loss, 4),
                   "dev_bleu": round(scores["bleu"], 2), "dev_chrf": round(scores["chrf"], 2),
-                  "learning_rate": self.schedule.rate(self.progress.step), "best": improved,
+                  "learning_rate": self.schedule.rate(self.progress.step), "best": decision.save_best,
                   "seconds": round(self.progress.seconds, 1)}
         with open(self.model_dir / "validations.jsonl", "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
         self._log_scalars({"dev/loss": loss, "dev/bleu": scores["bleu"], "dev/chrf": scores["chrf"]})
-        return record
+        return record, decision
 
-    def _validate_everywhere(self, drives_schedule: bool = True) -> dict:
-        """`validate` on the main process; the others wait, then take its record, schedule and progress (best BLEU,
-        early-stopping count), so that every process goes on with the same learning rate and stops at the same step."""
-        record = self.validate(drives_schedule) if self.dist.is_main else None
-        record, schedule, progress = self.dist.from_main((record, self.schedule.state_dict(), asdict(self.progress)))
+    def _validate_everywhere(self, regular: bool = True) -> tuple[dict, ValidationDecision]:
+        """`validate` on the main process; the others wait, then take its record, decision, schedule and progress
+        (best BLEU, early-stopping count), so that every process goes on with the same learning rate and stops at the
+        same step."""
+        result = self.validate(regular) if self.dist.is_main else None
+        result, schedule, progress = self.dist.from_main((result, self.schedule.state_dict(), self._progress_state()))
         self.schedule.load_state_dict(schedule)
-        for name, value in progress.items():
-            setattr(self.progress, name, value)
-        return record
+        self._load_progress(progress)
+        return result
+
+    def _progress_state(self) -> dict:
+        """state.json's "progress": `Progress` and the `ValidationBookkeeper`'s state, in one flat dict."""
+        return {**asdict(self.progress), **self.validations.state_dict()}
+
+    def _load_progress(self, state: dict) -> None:
+        """Restore `progress` (in place: the training loop holds it) and `validations` from a `_progress_state` dict,
+        from train_state/ or from the main process; a key it lacks keeps its current value."""
+        for field in fields(Progress):
+            if field.name in state:
+                setattr(self.progress, field.name, state[field.name])
+        self.validations.load_state_dict(state)
 
     def save_state(self) -> None:
         """Write train_state/ (the main process only: every process holds the same parameters and optimizer)."""
         if not self.dist.is_main:
             return
-        state = {"schedule": self.schedule.state_dict(), "progress": asdict(self.progress)}
+        state = {"schedule": self.schedule.state_dict(), "progress": self._progress_state()}
         if self.scaler.is_enabled():  # fp16: the loss scale it has found
             state["grad_scaler"] = self.scaler.state_dict()
         checkpoint.save_train_state(self.model_dir, self.model, self.optimizer, state)
@@ -352,7 +422,7 @@ class Trainer:
             return True
         if s.max_minutes is not None and seconds_before + time.perf_counter() - run_started >= s.max_minutes * 60:
             return True
-        return self.progress.stopped_early
+        return self.validations.stopped_early
 
     def _stop(self, run_started: float, seconds_before: float) -> bool:
         """Whether the run is over; in a distributed run the main process decides (clocks differ between them)."""
@@ -403,11 +473,10 @@ class Trainer:
                                        "train/learning_rate": self.schedule.rate(p.step)})
                     window_tokens, window_started = 0, time.perf_counter()
                 if p.step % s.validate_every == 0:
-                    last_record = self._validate_everywhere()
+                    last_record, decision = self._validate_everywhere()
                     say(f"step {p.step}: dev loss {last_record['dev_loss']:.3f}, BLEU {last_record['dev_bleu']:.2f}"
                         f"{' (best, saved)' if last_record['best'] else ''}")
-                    if s.early_stopping_patience and p.validations_without_improvement >= s.early_stopping_patience:
-                        p.stopped_early = True
+                    if decision.stop_early:
                         say(f"early stopping: dev BLEU has not improved for {s.early_stopping_patience} validations")
                     self.save_state()
                 if self._stop(run_started, seconds_before):
@@ -417,14 +486,14 @@ class Trainer:
                 p.batch_in_epoch = 0
         bar.close()
         if last_record is None or last_record["step"] != p.step:
-            last_record = self._validate_everywhere(drives_schedule=False)
+            last_record, _ = self._validate_everywhere(regular=False)
             say(f"step {p.step}: dev loss {last_record['dev_loss']:.3f}, BLEU {last_record['dev_bleu']:.2f}"
                 f"{' (best, saved)' if last_record['best'] else ''}")
         self.save_state()
         self.dist.barrier()  # every process returns once the state is on disk
         if self.writer is not None:
             self.writer.close()
-        return {"steps": p.step, "epochs": p.epoch, "seconds": p.seconds, "best_dev_bleu": p.best_bleu,
+        return {"steps": p.step, "epochs": p.epoch, "seconds": p.seconds, "best_dev_bleu": self.validations.best_bleu,
                 "target_tokens_per_second": p.target_tokens / max(p.seconds, 1e-9),
                 "model_dir": str(self.model_dir), "last_validation": last_record}
 

@@ -14,10 +14,10 @@ import yaml
 from safetensors.torch import load_file
 
 from attnmt import checkpoint
-from attnmt.config import ModelConfig, load_config, parse_config
+from attnmt.config import RNNConfig, TrainingConfig, load_config, parse_config
 from attnmt.errors import CheckpointError, ConfigError
 from attnmt.models import build_model
-from attnmt.training import Trainer, train
+from attnmt.training import LearningRateSchedule, Trainer, ValidationBookkeeper, learning_rate, train
 from attnmt.translator import Translator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_saved_and_loaded_model_translates_exactly_like_the_model_in_memory(reve
 
 
 def test_tied_embeddings_survive_save_and_load(tmp_path):
-    config = ModelConfig(embedding_size=16, hidden_size=16, attention="general", tie_target_embeddings=True)
+    config = RNNConfig(embedding_size=16, hidden_size=16, attention="general", tie_target_embeddings=True)
     torch.manual_seed(0)
     model = build_model(config, 20, 30)
     checkpoint.save_model(tmp_path / "model.safetensors", model)
@@ -94,12 +94,12 @@ def test_tied_embeddings_survive_save_and_load(tmp_path):
 
 
 def test_weights_that_do_not_fit_the_model_raise_checkpoint_error(tmp_path):
-    checkpoint.save_model(tmp_path / "model.safetensors", build_model(ModelConfig(hidden_size=16), 20, 30))
+    checkpoint.save_model(tmp_path / "model.safetensors", build_model(RNNConfig(hidden_size=16), 20, 30))
     with pytest.raises(CheckpointError, match="does not fit"):
         checkpoint.load_model_weights(tmp_path / "model.safetensors",
-                                      build_model(ModelConfig(hidden_size=16, attention="general"), 20, 30))
+                                      build_model(RNNConfig(hidden_size=16, attention="general"), 20, 30))
     with pytest.raises(CheckpointError, match="missing"):
-        checkpoint.load_model_weights(tmp_path / "absent.safetensors", build_model(ModelConfig(), 20, 30))
+        checkpoint.load_model_weights(tmp_path / "absent.safetensors", build_model(RNNConfig(), 20, 30))
 
 
 def test_model_directory_holds_safetensors_yaml_and_json_only(reversal_model):
@@ -217,6 +217,89 @@ def test_early_stopping_and_plateau_decay_are_the_same_in_a_resumed_run(tiny_con
     assert resumed["steps"] == straight["steps"]
     for name in ("model.safetensors", "optimizer.safetensors"):
         assert_same_tensors(tmp_path / "straight" / "train_state" / name, tmp_path / "stopped" / "train_state" / name)
+
+
+# ---- the learning rate and what a validation decides ---------------------------------------------------------------
+
+
+def test_learning_rate_is_a_pure_function_of_the_step():
+    """constant/plateau: max(base · min(1, step / warmup) · decay, floor); inverse_sqrt: base · min(step / warmup,
+    √(warmup / step)), neither decayed nor floored."""
+    warm = TrainingConfig(max_steps=10, learning_rate=0.01, warmup_steps=4, min_learning_rate=0.001)
+    assert [learning_rate(step, warm) for step in (1, 2, 4, 100)] == pytest.approx([0.0025, 0.005, 0.01, 0.01])
+    assert learning_rate(2, warm, decay=0.5) == pytest.approx(0.0025)
+    assert learning_rate(1, warm, decay=0.01) == 0.001  # the floor
+    flat = TrainingConfig(max_steps=10, learning_rate=0.01, warmup_steps=0)
+    assert learning_rate(0, flat) == learning_rate(1, flat) == learning_rate(10 ** 6, flat) == 0.01
+    sqrt = TrainingConfig(max_steps=10, learning_rate=0.002, schedule="inverse_sqrt", warmup_steps=100,
+                          min_learning_rate=0.5)
+    assert [learning_rate(step, sqrt, decay=0.1) for step in (0, 1, 50, 100, 400)] == \
+        pytest.approx([0.00002, 0.00002, 0.001, 0.002, 0.001])
+    assert learning_rate(7, warm) == learning_rate(7, warm)  # no state: the same answer every time
+
+
+def test_plateau_schedule_decays_after_patience_and_round_trips_its_state():
+    settings = TrainingConfig(max_steps=10, learning_rate=0.01, schedule="plateau", warmup_steps=0,
+                              plateau_patience=1, plateau_factor=0.5, min_learning_rate=0.0)
+    schedule = LearningRateSchedule(settings)
+    for loss in (2.0, 2.1, 2.2):  # one bad validation is patience, the second halves the rate
+        schedule.after_validation(loss)
+    assert schedule.rate(5) == pytest.approx(0.005) == learning_rate(5, settings, schedule.decay)
+    state = schedule.state_dict()
+    assert state == {"decay": 0.5, "best_loss": 2.0, "bad_validations": 0}  # the keys of state.json's "schedule"
+    restored = LearningRateSchedule(settings)
+    restored.load_state_dict(json.loads(json.dumps(state)))
+    assert restored.state_dict() == state
+    constant = LearningRateSchedule(TrainingConfig(max_steps=10, schedule="constant", plateau_patience=0))
+    for loss in (2.0, 3.0, 4.0):
+        constant.after_validation(loss)
+    assert constant.decay == 1.0
+
+
+def test_validation_bookkeeper_decides_best_model_and_early_stopping():
+    settings = TrainingConfig(max_steps=10, schedule="plateau", plateau_patience=0, plateau_factor=0.5)
+    schedule = LearningRateSchedule(settings)
+    keeper = ValidationBookkeeper(schedule, early_stopping_patience=2)
+    first = keeper.decide(loss=2.0, bleu=10.0)
+    assert (first.save_best, first.stop_early) == (True, False)
+    final = keeper.decide(loss=9.0, bleu=30.0, regular=False)  # the end of a run: saves, decides nothing else
+    assert (final.save_best, final.stop_early) == (True, False)
+    assert (keeper.best_bleu, keeper.best_regular_bleu, keeper.validations_without_improvement) == (30.0, 10.0, 0)
+    assert schedule.decay == 1.0
+    second = keeper.decide(loss=2.5, bleu=20.0)  # better than the regular best, not than the best
+    assert (second.save_best, second.stop_early) == (False, False)
+    assert (keeper.best_regular_bleu, keeper.validations_without_improvement, schedule.decay) == (20.0, 0, 0.5)
+    assert not keeper.decide(loss=1.0, bleu=20.0).stop_early  # not better: one without improvement
+    third = keeper.decide(loss=1.0, bleu=15.0)  # two: stop
+    assert (third.save_best, third.stop_early, keeper.stopped_early) == (False, True, True)
+    state = keeper.state_dict()
+    assert state == {"best_bleu": 30.0, "best_regular_bleu": 20.0, "validations_without_improvement": 2,
+                     "stopped_early": True}  # the names state.json's "progress" has always had
+    restored = ValidationBookkeeper(LearningRateSchedule(settings), early_stopping_patience=2)
+    restored.load_state_dict({"step": 12, "epoch": 1, **state})  # the whole "progress" dict, as saved
+    assert restored.state_dict() == state
+    never = ValidationBookkeeper(LearningRateSchedule(settings), early_stopping_patience=None)
+    assert not any(never.decide(loss=1.0, bleu=-5.0).stop_early for _ in range(5))
+
+
+def test_state_json_keeps_its_format_and_an_old_one_resumes(tiny_config, tmp_path):
+    """state.json's "progress" is one flat dict (where training is, and the validation bookkeeping) and "schedule"
+    the plateau decay, as train_state/ dirs have always held them; one whose "progress" lacks the newer
+    early-stopping fields still resumes."""
+    folder = tmp_path / "run"
+    train(tiny_config(folder, {"training.max_steps": 3}), show_progress=False)
+    path = folder / "train_state" / "state.json"
+    state = json.loads(path.read_text())
+    assert list(state["progress"]) == ["step", "epoch", "batch_in_epoch", "target_tokens", "seconds", "best_bleu",
+                                       "best_regular_bleu", "validations_without_improvement", "stopped_early"]
+    assert set(state["schedule"]) == {"decay", "best_loss", "bad_validations"}
+    for key in ("best_regular_bleu", "validations_without_improvement", "stopped_early"):
+        del state["progress"][key]
+    path.write_text(json.dumps(state))
+    trainer = Trainer(tiny_config(folder, {"training.max_steps": 4}), resume=True, show_progress=False)
+    assert trainer.progress.step == 3 and trainer.validations.best_bleu == state["progress"]["best_bleu"]
+    assert (trainer.validations.best_regular_bleu, trainer.validations.stopped_early) == (-1.0, False)
+    assert trainer.train()["steps"] == 4
 
 
 # ---- the config ------------------------------------------------------------------------------------------------------

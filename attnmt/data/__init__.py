@@ -1,7 +1,7 @@
 """Data: reading corpora, subword tokenization, and batching."""
 
 from attnmt.data.batching import Batch, ParallelData, collate, pad_sequences, token_batches
-from attnmt.data.corpus import drop_empty_pairs, read_corpus, read_lines, split_by_target
+from attnmt.data.corpus import Corpora, drop_empty_pairs, read_corpora, read_corpus, read_lines, split_by_target
 from attnmt.data.tokenizer import (
     BOS_ID,
     BOS_PIECE,
@@ -18,6 +18,7 @@ __all__ = [
     "BOS_ID",
     "BOS_PIECE",
     "Batch",
+    "Corpora",
     "EOS_ID",
     "EOS_PIECE",
     "PAD_ID",
@@ -29,6 +30,7 @@ __all__ = [
     "collate",
     "drop_empty_pairs",
     "pad_sequences",
+    "read_corpora",
     "read_corpus",
     "read_lines",
     "split_by_target",

@@ -1,4 +1,5 @@
-"""Reading parallel corpora (two aligned text files or one TSV file) and cutting held-out parts from them.
+"""Reading parallel corpora (two aligned text files or one TSV file) and cutting held-out parts from them; and
+`read_corpora`, the train/dev/test text of a run as its config describes it.
 
 Files are read in binary, one line at a time, and each line is decoded on its own, so that an encoding error can be
 reported with its exact line number and byte offset. Only `\\n` ends a line (a `\\r` before it is stripped), so
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
-from attnmt.config import CorpusConfig, resolve_path
+from attnmt.config import Config, CorpusConfig, resolve_path
 from attnmt.errors import CorpusError
 
 Pair = tuple[str, str]
@@ -147,3 +149,26 @@ def split_by_target(
     for pair in pairs:
         parts[part_of.get(pair[1], 0)].append(pair)
     return parts
+
+
+@dataclass
+class Corpora:
+    """The text of each split after reading and cleaning, and what was dropped on the way."""
+
+    train: list[Pair]
+    dev: list[Pair]
+    test: list[Pair]
+    dropped_empty: int
+
+
+def read_corpora(config: Config) -> Corpora:
+    """Read train/dev/test as configured: given files, or dev/test cut from train by target sentence."""
+    data = config.data
+    train, dropped = drop_empty_pairs(read_corpus(data.train))
+    if data.split is not None:
+        train, dev, test = split_by_target(train, data.split.dev_size, data.split.test_size, data.split.seed)
+    else:
+        dev, dropped_dev = drop_empty_pairs(read_corpus(data.dev))
+        test, dropped_test = drop_empty_pairs(read_corpus(data.test)) if data.test else ([], 0)
+        dropped += dropped_dev + dropped_test
+    return Corpora(train, dev, test, dropped)
