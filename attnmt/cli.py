@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from attnmt.config import LENGTH_SLACK
 from attnmt.errors import AttnmtError
 
 DEMO_CONFIG = "pkg://configs/ko_en_seed001.yaml"
@@ -96,12 +97,13 @@ def command_translate(args) -> None:
     from attnmt.translator import Translator
 
     translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
+    translator.search_settings(**_search_options(args))  # a bad option stops here, before any input is read
     lines = _read_input(args.input)
     chunk = 1000  # write as we go, so long inputs stream
     for start in range(0, len(lines), chunk):
         for result in translator.translate(lines[start:start + chunk], attention=False, **_search_options(args)):
             if args.n_best and args.n_best > 1:
-                for hypothesis in result.n_best:
+                for hypothesis in result.n_best or [result]:  # a blank line: one empty hypothesis
                     print(f"{hypothesis.score:.4f}\t{hypothesis.text}")
             else:
                 print(result.text)
@@ -133,52 +135,38 @@ def command_evaluate(args) -> None:
         print(format_report(scores, buckets, args.length_unit))
 
 
-def _pick(option: str, number: int, count: int, what: str) -> int:
-    """A 1-based --layer/--head number → a 0-based index, or an error naming the valid range."""
-    if not 1 <= number <= count:
-        raise AttnmtError(f"{option} {number}: the model has {count} {what}; choose 1..{count} (1-based)")
-    return number - 1
-
-
 def command_attention(args) -> None:
-    """Default: the heatmap of `Translation.attention` (a Transformer: the last layer, averaged over its heads).
-    --layer L / --head H (1-based) pick a decoder layer and a head of a Transformer; --all-heads draws a grid of
-    every head of --layer, or of every layer × head."""
+    """Default: the heatmap of `Translation.attention` (the last attention layer, averaged over its heads).
+    --layer L / --head H (1-based) pick an attention layer and a head; --all-heads draws a grid of every head of
+    --layer, or of every layer × head."""
     from attnmt.plotting import plot_attention, plot_attention_grid
     from attnmt.translator import Translator
 
+    if args.all_heads and args.head is not None:
+        raise AttnmtError("--all-heads draws every head; give either --all-heads or --head, not both")
     translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
+    if not translator.describe().has_attention:
+        raise AttnmtError(f"the model in {args.model_dir} has `attention: none`: there is no attention to draw")
     result = translator.translate([args.sentence], beam_size=args.beam_size)[0]
     if not result.source_tokens:
         raise AttnmtError(f"the sentence {args.sentence!r} is empty: there is no attention to draw")
-    if result.attention is None:
-        raise AttnmtError(f"the model in {args.model_dir} has `attention: none`: there is no attention to draw")
-    per_head = args.layer is not None or args.head is not None or args.all_heads
-    heads = result.attention_heads  # [L, H, T, S] or None
-    if per_head and heads is None:
-        raise AttnmtError(f"the model in {args.model_dir} is an RNN: it has one attention per target step, not "
-                          f"layers and heads; drop --layer, --head and --all-heads")
-    if args.all_heads and args.head is not None:
-        raise AttnmtError("--all-heads draws every head; give either --all-heads or --head, not both")
     title = f"{args.sentence} → {result.text}"
     source, target = result.source_tokens, result.target_tokens_with_eos
-    if heads is None or not per_head:  # the RNN's attention, or the Transformer's last layer averaged over heads
-        path = plot_attention(result.attention, source, target, args.output, title=title)
+    layers, head_count = result.attention_heads.shape[:2]
+    if args.all_heads:
+        result.attention_view(args.layer)  # checks --layer
+        chosen = range(1, layers + 1) if args.layer is None else [args.layer]
+        matrices = [result.attention_view(l, h) for l in chosen for h in range(1, head_count + 1)]
+        titles = [f"layer {l}, head {h}" for l in chosen for h in range(1, head_count + 1)]
+        path = plot_attention_grid(matrices, titles, source, target, args.output, columns=head_count)
     else:
-        layers, head_count = heads.shape[:2]
-        layer = layers - 1 if args.layer is None else _pick("--layer", args.layer, layers, "decoder layers")
-        if args.all_heads:
-            chosen = range(layers) if args.layer is None else [layer]
-            matrices = [heads[l, h] for l in chosen for h in range(head_count)]
-            titles = [f"layer {l + 1}, head {h + 1}" for l in chosen for h in range(head_count)]
-            path = plot_attention_grid(matrices, titles, source, target, args.output, columns=head_count)
-        elif args.head is None:
-            path = plot_attention(heads[layer].mean(axis=0), source, target, args.output,
-                                  title=f"{title}\nlayer {layer + 1}, mean over {head_count} heads")
+        matrix = result.attention_view(args.layer, args.head)
+        if args.layer is None and args.head is None:
+            view = ""
         else:
-            head = _pick("--head", args.head, head_count, "heads per layer")
-            path = plot_attention(heads[layer, head], source, target, args.output,
-                                  title=f"{title}\nlayer {layer + 1}, head {head + 1}")
+            layer = layers if args.layer is None else args.layer
+            view = f"\nlayer {layer}, " + (f"mean over {head_count} heads" if args.head is None else f"head {args.head}")
+        path = plot_attention(matrix, source, target, args.output, title=title + view)
     print(f"{result.text}\nheatmap written to {path}")
 
 
@@ -194,12 +182,11 @@ def command_demo(args) -> None:
     config = load_config(DEMO_CONFIG, overrides)
     model_dir = Path(args.model_dir)
     resume = has_train_state(model_dir)
-    print(f"attnmt demo: the Korean→English GRU of seed 001 (embedding {config.model.embedding_size}, "
-          f"GRU {config.model.hidden_size}, {config.model.attention.score} attention, Luong style) "
-          f"on Tatoeba kor-eng (CC BY 2.0 FR, tatoeba.org and manythings.org/anki)")
     if resume:
         print(f"{model_dir} already holds this demo's run: continuing it (delete the folder to start over)")
     trainer = Trainer(config, model_dir, resume=resume)
+    print(f"attnmt demo: a Korean→English model ({trainer.model.describe().summary}) on Tatoeba kor-eng "
+          f"(CC BY 2.0 FR, tatoeba.org and manythings.org/anki)")
     summary = trainer.train()
     translator = Translator.load(model_dir)
     sources, references = zip(*trainer.corpora.test)
@@ -239,7 +226,8 @@ def command_serve(args) -> None:
 def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int, help="1 = greedy; default from the model's config")
     parser.add_argument("--length-penalty", type=float, help="alpha of ((5 + length) / 6) ** alpha")
-    parser.add_argument("--max-length-ratio", type=float, help="stop at ratio × source length + 10 tokens")
+    parser.add_argument("--max-length-ratio", type=float,
+                        help=f"stop at ratio × source length + {LENGTH_SLACK} tokens")
     parser.add_argument("--batch-size", type=int, help="sentences decoded together")
 
 
@@ -305,11 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_argument("-o", "--output", default="attention.png")
     attention.add_argument("--beam-size", type=int, default=1)
     attention.add_argument("--layer", type=int, metavar="L",
-                           help="Transformer: decoder layer, 1-based (default: the last); averaged over heads "
-                                "unless --head or --all-heads")
-    attention.add_argument("--head", type=int, metavar="H", help="Transformer: one head of the layer, 1-based")
+                           help="attention layer, 1-based (a Transformer: its decoder layers; an RNN has one); "
+                                "default the last, averaged over heads unless --head or --all-heads")
+    attention.add_argument("--head", type=int, metavar="H", help="one head of the layer, 1-based")
     attention.add_argument("--all-heads", action="store_true",
-                           help="Transformer: a grid of every head of --layer, or of every layer × head")
+                           help="a grid of every head of --layer, or of every layer × head")
     _add_device_argument(attention)
     attention.set_defaults(run=command_attention)
 

@@ -14,15 +14,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from attnmt import devices
+from attnmt.attention import NORMALIZERS, SCORERS, WINDOWS
+from attnmt.attention.scores import ACTIVATIONS
 from attnmt.errors import ConfigError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
-ScoreName = Literal["similarity", "dot", "scaled_dot", "general", "biased_general", "activated_general", "concat",
-                    "additive", "deep", "location"]
-NormalizerName = Literal["softmax", "sparsemax", "entmax15"]
-WindowName = Literal["none", "local_m", "local_p"]
-ActivationName = Literal["tanh", "relu", "sigmoid", "gelu"]
+# The names a config accepts are the registries' keys: one list each, owned by attnmt/attention.
+ScoreName = Literal[tuple(SCORERS)]
+NormalizerName = Literal[tuple(NORMALIZERS)]
+WindowName = Literal[("none", *WINDOWS)]
+ActivationName = Literal[tuple(ACTIVATIONS)]
+
+LENGTH_SLACK = 10  # a hypothesis may have max_length_ratio × source length + LENGTH_SLACK tokens
 
 
 class Section(BaseModel):
@@ -152,8 +156,6 @@ class RNNConfig(Section):
         return self
 
 
-ModelConfig = RNNConfig  # the name the RNN's config had before the Transformer came; `ModelConfig(...)` is an RNN
-
 
 class TransformerConfig(Section):
     """`model.type: transformer`: the encoder-decoder Transformer of `attnmt.models.transformer`.
@@ -180,6 +182,10 @@ class TransformerConfig(Section):
     tie_target_embeddings: bool = Field(False, description="the output layer reuses the target embedding matrix")
     fused_attention: bool = Field(True, description="use torch's scaled_dot_product_attention where no attention "
                                                     "weights are needed")
+
+    @property
+    def uses_attention(self) -> bool:
+        return True  # cross-attention in every decoder layer
 
     @model_validator(mode="after")
     def _consistent(self) -> "TransformerConfig":
@@ -249,9 +255,33 @@ class SearchConfig(Section):
 
     beam_size: int = Field(5, ge=1)
     length_penalty: float = Field(1.0, ge=0, description="alpha of ((5 + length) / 6) ** alpha (Wu et al. 2016)")
-    max_length_ratio: float = Field(2.0, gt=0, description="hypotheses stop at ratio × source length + 10")
-    n_best: int = Field(1, ge=1)
+    max_length_ratio: float = Field(2.0, gt=0, description=f"hypotheses stop at ratio × source length + "
+                                                            f"{LENGTH_SLACK} tokens")
+    n_best: int = Field(1, ge=1, description="hypotheses returned per sentence, at most beam_size")
     batch_size: int = Field(64, ge=1, description="sentences translated together")
+
+    @model_validator(mode="after")
+    def _n_best_within_beam(self) -> "SearchConfig":
+        if self.n_best > self.beam_size:
+            raise ValueError(f"`n_best` ({self.n_best}) is more than `beam_size` ({self.beam_size}): beam search "
+                             f"keeps beam_size hypotheses; ask for a beam_size of at least {self.n_best}")
+        return self
+
+    def resolve(self, beam_size: int | None = None, n_best: int | None = None, length_penalty: float | None = None,
+                max_length_ratio: float | None = None, batch_size: int | None = None) -> "SearchConfig":
+        """These defaults with the options given (None: the default), validated as a config is: the one rule for
+        every caller (translator, CLI, server). n_best left unset is min(the default n_best, beam_size); set above
+        beam_size, or any value out of range, is a `ConfigError` naming the option."""
+        given = {"beam_size": beam_size, "n_best": n_best, "length_penalty": length_penalty,
+                 "max_length_ratio": max_length_ratio, "batch_size": batch_size}
+        values = {**self.model_dump(), **{name: value for name, value in given.items() if value is not None}}
+        if n_best is None:
+            values["n_best"] = max(1, min(self.n_best, values["beam_size"]))
+        try:
+            return SearchConfig.model_validate(values)
+        except ValidationError as error:
+            problems = "; ".join(_describe(e).removeprefix("`(top level)`: ") for e in error.errors())
+            raise ConfigError(problems) from None
 
 
 class Config(Section):

@@ -9,7 +9,6 @@ DejaVu Sans for other scripts and symbols.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import os
 import warnings
@@ -22,9 +21,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font
 
+from attnmt import fonts
+
 __all__ = ["hangul_font", "plot_attention", "plot_attention_grid", "plot_lines"]
 
-HANGUL_FAMILY = "NanumGothic"
 FALLBACK_FAMILY = "DejaVu Sans"
 WORD_START = "\u2581"  # sentencepiece's word-start marker "▁"
 WORD_START_REPLACEMENT = "_"
@@ -32,24 +32,10 @@ DPI = 150
 COLOUR_MAP = "viridis"
 
 
-def _koreanize_fonts_dir() -> Path | None:
-    """Folder of the .ttf files koreanize-matplotlib ships, found without importing it.
-
-    Importing koreanize_matplotlib would change matplotlib's global rc settings, so only
-    its location is looked up.
-    """
-    spec = importlib.util.find_spec("koreanize_matplotlib")
-    if spec is None or spec.origin is None:
-        return None
-    fonts_dir = Path(spec.origin).parent / "fonts"
-    return fonts_dir if fonts_dir.is_dir() else None
-
-
 @functools.cache
 def _font_families() -> tuple[str, ...]:
     """Register the NanumGothic fonts once and return the font family list to draw text with."""
-    fonts_dir = _koreanize_fonts_dir()
-    font_files = sorted(fonts_dir.glob("NanumGothic*.ttf")) if fonts_dir else []
+    font_files = fonts.hangul_font_files()
     if not font_files:
         warnings.warn(
             "NanumGothic fonts not found (install koreanize-matplotlib); "
@@ -59,7 +45,7 @@ def _font_families() -> tuple[str, ...]:
         return (FALLBACK_FAMILY,)
     for font_file in font_files:
         font_manager.fontManager.addfont(str(font_file))
-    return (HANGUL_FAMILY, FALLBACK_FAMILY)
+    return (fonts.HANGUL_FAMILY, FALLBACK_FAMILY)
 
 
 def hangul_font() -> font_manager.FontProperties:

@@ -1,16 +1,15 @@
 """Search: turn a model's next-token distributions into translations.
 
-Both searches work on a batch of sentences through the model interface of `attnmt.models`
-(`encode`, `start_state`, `step`), so every model family shares them.
+Both searches work on a batch of sentences through the model contract (`attnmt.models.contract.Seq2SeqModel`:
+`encode`, `start_state`, `step`), so every model family shares them.
 
     greedy   y_t = argmax_y log p(y | y_<t, x)
     beam     keep the k best prefixes by Σ log p; a finished hypothesis is ranked by
              score / lp(|y|), lp(n) = ((5 + n) / 6)^α      (Wu et al. 2016, α = length_penalty)
 
-A hypothesis stops at EOS or at max_length_ratio × source length + 10 tokens.
-Each result carries its tokens, its model score Σ log p (EOS included) and its attention, one row per step: [T, S]
-for a model whose `step` returns [B, S] (the RNN), [T, L, H, S] for one that returns [B, L, H, S] (the Transformer:
-every decoder layer and head). Search only needs the source positions on the last axis.
+A hypothesis stops at EOS or at max_length_ratio × source length + LENGTH_SLACK tokens (`attnmt.config`).
+Each result carries its tokens, its model score Σ log p (EOS included) and its attention, one row per step:
+[T, L, H, S], the contract's layout of L attention layers × H heads (an RNN: 1 × 1).
 With `keep_attention=False` no attention is gathered (every Hypothesis.attention is None) and the model is asked
 for none (`step(..., need_weights=False)`), so translating to text alone skips that work.
 Search runs on the device of `src` (every tensor it makes is made there); its results are Python lists and numpy.
@@ -23,16 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from attnmt.config import LENGTH_SLACK
 from attnmt.data.tokenizer import BOS_ID, EOS_ID
-
-State = dict[str, torch.Tensor]
+from attnmt.models.contract import Seq2SeqModel, State
 
 
 @dataclass
 class Hypothesis:
     tokens: list[int]  # target ids without BOS/EOS
     score: float  # Σ log p(y_t | y_<t, x), the EOS step included
-    attention: np.ndarray | None  # [len(tokens) + 1, ..., source length]: one row per step, the EOS step last
+    attention: np.ndarray | None  # [len(tokens) + 1, L, H, source length]: one row per step, the EOS step last
     normalized_score: float  # score / lp(len), what the beam ranks by
 
 
@@ -43,7 +42,7 @@ def length_penalty(length: int, alpha: float) -> float:
 
 def max_lengths(src_mask: torch.Tensor, ratio: float) -> torch.Tensor:
     """Per sentence: the most target tokens a hypothesis may have before it is stopped. [B]"""
-    return (src_mask.sum(dim=1).float() * ratio).ceil().long() + 10
+    return (src_mask.sum(dim=1).float() * ratio).ceil().long() + LENGTH_SLACK
 
 
 def select(tensors: State, index: torch.Tensor) -> State:
@@ -66,14 +65,14 @@ def _force_end(log_probs: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
 
 
 def _attention_matrix(history: torch.Tensor | None, source_length: int) -> np.ndarray | None:
-    """history [T, S] or [T, L, H, S] → numpy, cut to the real source positions."""
+    """history [T, L, H, S] → numpy, cut to the real source positions."""
     if history is None:
         return None
     return history.float().cpu().numpy()[..., :source_length]
 
 
 @torch.inference_mode()
-def greedy_search(model, src: torch.Tensor, src_mask: torch.Tensor, max_length_ratio: float = 2.0,
+def greedy_search(model: Seq2SeqModel, src: torch.Tensor, src_mask: torch.Tensor, max_length_ratio: float = 2.0,
                   keep_attention: bool = True) -> list[list[Hypothesis]]:
     """y_t = argmax log p(y | y_<t, x) for a batch of sentences; one hypothesis per sentence.
     A sentence that has chosen EOS leaves the batch, so the rest decode on fewer rows."""
@@ -86,9 +85,9 @@ def greedy_search(model, src: torch.Tensor, src_mask: torch.Tensor, max_length_r
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # [A]
     tokens = torch.full((batch, steps), EOS_ID, dtype=torch.long, device=device)  # [B, T]
     scores = torch.zeros(batch, dtype=torch.float64, device=device)  # [B]
-    attention: torch.Tensor | None = None  # [B, T, ..., S]
+    attention: torch.Tensor | None = None  # [B, T, L, H, S]
     for t in range(steps):
-        log_probs, state, weights = model.step(prev, state, memory, keep_attention)  # [A, V], [A, ..., S]
+        log_probs, state, weights = model.step(prev, state, memory, keep_attention)  # [A, V], [A, L, H, S]
         log_probs = _force_end(log_probs, limits[active] <= t)
         best_score, best = log_probs.max(dim=-1)  # [A]
         tokens[active, t] = best
@@ -116,7 +115,7 @@ def greedy_search(model, src: torch.Tensor, src_mask: torch.Tensor, max_length_r
 
 
 @torch.inference_mode()
-def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam_size: int = 5,
+def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_mask: torch.Tensor, beam_size: int = 5,
                 length_penalty_alpha: float = 1.0, max_length_ratio: float = 2.0, n_best: int = 1,
                 keep_attention: bool = True) -> list[list[Hypothesis]]:
     """Beam search for a batch of sentences: B × k rows decoded together. Returns the n_best hypotheses per sentence,
@@ -141,12 +140,12 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam_size: int
     alive_scores = torch.full((batch, k), float("-inf"), dtype=torch.float64, device=device)  # [A, k]
     alive_scores[:, 0] = 0.0  # all beams start as the same empty prefix: keep one
     alive_tokens = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # [A·k, t]
-    alive_attention: torch.Tensor | None = None  # [A·k, t, ..., S], reordered as beams move
+    alive_attention: torch.Tensor | None = None  # [A·k, t, L, H, S], reordered as beams move
     prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
 
     for t in range(int(limits.max()) + 1):
-        log_probs, state, weights = model.step(prev, state, memory, keep_attention)  # [A·k, V], [A·k, ..., S]
+        log_probs, state, weights = model.step(prev, state, memory, keep_attention)  # [A·k, V], [A·k, L, H, S]
         log_probs = _force_end(log_probs, limits[active].repeat_interleave(k) <= t)
         count, vocab = active.numel(), log_probs.size(-1)
         candidates = (alive_scores.float().view(-1, 1) + log_probs).view(count, k * vocab)  # [A, k·V]
@@ -159,7 +158,7 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam_size: int
         is_eos = token == EOS_ID
         if weights is not None:
             history = weights.unsqueeze(1) if alive_attention is None else \
-                torch.cat([alive_attention, weights.unsqueeze(1)], dim=1)  # [A·k, t + 1, ..., S]
+                torch.cat([alive_attention, weights.unsqueeze(1)], dim=1)  # [A·k, t + 1, L, H, S]
 
         # Finish: EOS candidates among the top k.
         finishing = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])

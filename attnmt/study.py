@@ -34,10 +34,11 @@ import yaml
 
 from attnmt import checkpoint
 from attnmt.config import load_config
+from attnmt.data import read_corpora
 from attnmt.errors import ConfigError
 from attnmt.evaluation import bleu_by_length, corpus_scores, markdown_table, source_word_lengths
 from attnmt.plotting import plot_attention, plot_lines
-from attnmt.training import Trainer, read_corpora
+from attnmt.training import Trainer
 from attnmt.translator import Translator
 
 HEATMAP_SENTENCES = 2
@@ -111,7 +112,7 @@ def _claim(lock: Path) -> bool:
 def train_and_measure(config, model_dir: Path) -> dict:
     """Train one cell (resuming an interrupted one), measure it on the test set and draw its heatmaps; the result
     file, written last, marks the cell finished."""
-    trainer = Trainer(config, model_dir, resume=(model_dir / "train_state").exists(), show_progress=False)
+    trainer = Trainer(config, model_dir, resume=checkpoint.has_train_state(model_dir), show_progress=False)
     summary = trainer.train()
     sources, references = zip(*trainer.corpora.test)
     translator = Translator.load(model_dir, config.training.device)
@@ -120,7 +121,7 @@ def train_and_measure(config, model_dir: Path) -> dict:
     scores = corpus_scores(hypotheses, references)
     with_attention = [t.attention for t in translations if t.attention is not None and t.attention.size]
     result = {"bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2),
-              "parameters": sum(p.numel() for p in trainer.model.parameters()),
+              "parameters": trainer.model.describe().parameters,
               "train_tgt_tokens_per_s": round(summary["target_tokens_per_second"]),
               "steps": summary["steps"], "train_minutes": round(summary["seconds"] / 60, 1),
               "attention_entropy": round(float(np.mean([attention_entropy(a) for a in with_attention])), 3)
@@ -128,7 +129,7 @@ def train_and_measure(config, model_dir: Path) -> dict:
               "bleu_by_length": bleu_by_length(source_word_lengths(sources), hypotheses, references,
                                                bucket_width=LENGTH_BUCKET),
               "bleu_signature": scores["bleu_signature"]}
-    if has_attention(config):
+    if config.model.uses_attention:
         draw_heatmaps(config, model_dir)
     checkpoint.write_text(model_dir / RESULT_FILE, json.dumps(result, indent=1))
     return result
@@ -149,10 +150,6 @@ def draw_heatmaps(config, model_dir: Path) -> None:
     for rank, translation in enumerate(translations):
         plot_attention(translation.attention, translation.source_tokens, translation.target_tokens_with_eos,
                        model_dir / f"heatmap_{rank}.png", title=translation.text)
-
-
-def has_attention(config) -> bool:
-    return getattr(config.model, "attention", None) != "none"
 
 
 COLUMNS = [("cell", "cell"), ("bleu", "BLEU"), ("chrf", "chrF"), ("parameters", "params"),
@@ -202,7 +199,7 @@ def run_study(config_path: str, grid_path: str, out: str | Path, cells_dir: str 
                 waiting = True
                 continue
             results[name] = json.loads((model_dir / RESULT_FILE).read_text(encoding="utf-8"))
-            if has_attention(configs[name]) and not (model_dir / "heatmap_0.png").exists():
+            if configs[name].model.uses_attention and not (model_dir / "heatmap_0.png").exists():
                 draw_heatmaps(configs[name], model_dir)  # a finished cell whose heatmaps were deleted
             for heatmap in sorted(model_dir.glob("heatmap_*.png")):
                 shutil.copyfile(heatmap, out / "heatmaps" / f"{name}_{heatmap.stem.split('_')[-1]}.png")

@@ -4,8 +4,10 @@
     >>> result = translator.translate(["나는 학생이다."], beam_size=5)[0]
     >>> result.text, result.tokens, result.source_tokens, result.attention.shape, result.score
 
-A Transformer's translation also carries `attention_heads`, the cross-attention of every decoder layer and head;
-its `attention` is the mean over the heads of the last layer.
+Every translation of a model with attention carries `attention_heads` [L, H, T, S], the attention of each of its
+L attention layers and H heads (an RNN: 1 × 1; a Transformer: each decoder layer's cross-attention), and
+`attention` [T, S], the default view: the last layer averaged over its heads. `result.attention_view(layer, head)`
+gives any other view (1-based numbers, as the CLI's --layer/--head and the page).
 
 The CLI, the evaluation and the training loop's validation all translate through this class. It translates on the
 device of the model's parameters (validation: the training device) and moves each batch there; what it returns
@@ -24,12 +26,31 @@ import numpy as np
 import torch
 
 from attnmt import checkpoint, devices
-from attnmt.config import Config, load_config
+from attnmt.config import Config, SearchConfig, load_config
 from attnmt.data import Tokenizer
 from attnmt.data.batching import pad_sequences
 from attnmt.errors import AttnmtError, CheckpointError
-from attnmt.models import build_model
+from attnmt.models import ModelDescription, Seq2SeqModel, build_model
 from attnmt.search import Hypothesis, beam_search, greedy_search
+
+
+def attention_view(heads: np.ndarray, layer: int | None = None, head: int | None = None) -> np.ndarray:
+    """One [T, S] matrix of heads [L, H, T, S]: head `head` of layer `layer`, or the layer's mean over its heads
+    when `head` is None; `layer` None is the last layer. Numbers are 1-based; out of range is an `AttnmtError`
+    naming the valid range."""
+    layers, head_count = heads.shape[:2]
+    chosen = heads[layers - 1 if layer is None else _index("layer", layer, layers, "attention layer", "")]
+    if head is None:
+        return chosen.mean(axis=0)
+    return chosen[_index("head", head, head_count, "head", " per layer")]
+
+
+def _index(option: str, number: int, count: int, noun: str, suffix: str) -> int:
+    """A 1-based layer/head number → a 0-based index, or an error naming the valid range."""
+    if not 1 <= number <= count:
+        raise AttnmtError(f"{option} {number}: the model has {count} {noun}{'s' * (count != 1)}{suffix}; "
+                          f"choose 1..{count} (1-based)")
+    return number - 1
 
 
 @dataclass
@@ -39,11 +60,23 @@ class Translation:
     text: str  # detokenized
     tokens: list[str]  # target subwords
     source_tokens: list[str]  # source subwords
-    attention: np.ndarray | None  # [len(tokens) + 1, len(source_tokens)]: rows are target steps, EOS last
+    # [L, H, len(tokens) + 1, len(source_tokens)]: every attention layer and head; rows are target steps, EOS last.
+    # None without attention (or when translated with attention=False)
+    attention_heads: np.ndarray | None
     score: float  # model log-probability Σ log p(y_t | y_<t, x)
     n_best: list["Translation"] = field(default_factory=list)  # all hypotheses asked for, best first (self included)
-    # [layers, heads, len(tokens) + 1, len(source_tokens)]: per decoder layer and head (Transformer); None for RNNs
-    attention_heads: np.ndarray | None = None
+
+    @property
+    def attention(self) -> np.ndarray | None:
+        """The default view [len(tokens) + 1, len(source_tokens)]: the last layer, averaged over its heads."""
+        return None if self.attention_heads is None else attention_view(self.attention_heads)
+
+    def attention_view(self, layer: int | None = None, head: int | None = None) -> np.ndarray:
+        """See `attention_view` (module level); an `AttnmtError` if this translation has no attention."""
+        if self.attention_heads is None:
+            raise AttnmtError("this translation has no attention (a model with `attention: none`, or translated "
+                              "with attention=False)")
+        return attention_view(self.attention_heads, layer, head)
 
     @property
     def target_tokens_with_eos(self) -> list[str]:
@@ -54,7 +87,7 @@ class Translation:
 class Translator:
     """A model with its tokenizer and config; translates on the device the model's parameters are on."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config, mixed_precision: str = "none"
+    def __init__(self, model: Seq2SeqModel, tokenizer: Tokenizer, config: Config, mixed_precision: str = "none"
                  ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -66,6 +99,10 @@ class Translator:
     def device(self) -> torch.device:
         """Where the model is, and where each batch goes."""
         return devices.model_device(self.model)
+
+    def describe(self) -> ModelDescription:
+        """The model in family-neutral terms (see `attnmt.models.contract.ModelDescription`)."""
+        return self.model.describe()
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "auto", mixed_precision: str = "none") -> "Translator":
@@ -84,57 +121,55 @@ class Translator:
         return cls(model, tokenizer, config, mixed_precision)
 
     def _translation(self, hypothesis: Hypothesis, source_ids: list[int]) -> Translation:
-        attention, heads = hypothesis.attention, None
-        if attention is not None and attention.ndim == 4:  # [T, L, H, S]: every layer and head (Transformer)
-            heads = attention.transpose(1, 2, 0, 3)  # [L, H, T, S]
-            attention = heads[-1].mean(axis=0)  # the last layer, averaged over heads [T, S]
+        heads = None if hypothesis.attention is None else hypothesis.attention.transpose(1, 2, 0, 3)  # [L, H, T, S]
         return Translation(text=self.tokenizer.decode_target(hypothesis.tokens),
                            tokens=self.tokenizer.target_pieces(hypothesis.tokens),
                            source_tokens=self.tokenizer.source_pieces(source_ids),
-                           attention=attention, score=hypothesis.score, attention_heads=heads)
+                           attention_heads=heads, score=hypothesis.score)
+
+    def search_settings(self, **options) -> SearchConfig:
+        """The config's search defaults with `options` (beam_size, n_best, length_penalty, max_length_ratio,
+        batch_size; None: the default) applied and checked: `SearchConfig.resolve`."""
+        return self.config.search.resolve(**options)
 
     def translate(self, sentences: list[str], beam_size: int | None = None, n_best: int | None = None,
                   length_penalty: float | None = None, max_length_ratio: float | None = None,
                   batch_size: int | None = None, attention: bool = True) -> list[Translation]:
         """Translate sentences in batches of similar length; results come back in input order.
 
-        beam_size 1 is greedy search. An empty (or blank) sentence gives an empty translation. `attention=False`
-        leaves `attention` and `attention_heads` None and skips gathering them (faster: text is all that is wanted).
+        Options left None take the model config's `search` defaults; beam_size 1 is greedy search; n_best above
+        beam_size is an error (`SearchConfig.resolve`). An empty (or blank) sentence gives an empty translation.
+        `attention=False` leaves `attention_heads` None and skips gathering it (faster: text is all that is wanted).
         """
-        search = self.config.search
-        beam_size = beam_size or search.beam_size
-        n_best = n_best or search.n_best
-        length_penalty = search.length_penalty if length_penalty is None else length_penalty
-        max_length_ratio = max_length_ratio or search.max_length_ratio
-        batch_size = batch_size or search.batch_size
-        for option, value in (("beam_size", beam_size), ("n_best", n_best), ("batch_size", batch_size)):
-            if value < 1:
-                raise AttnmtError(f"`{option}` must be at least 1, not {value}")
-        if max_length_ratio <= 0:
-            raise AttnmtError(f"`max_length_ratio` must be positive, not {max_length_ratio}")
+        if isinstance(sentences, str):
+            raise TypeError("translate takes a list of sentences; for one sentence: translate([sentence])[0]")
+        search = self.search_settings(beam_size=beam_size, n_best=n_best, length_penalty=length_penalty,
+                                      max_length_ratio=max_length_ratio, batch_size=batch_size)
         was_training = self.model.training
         self.model.eval()
         source_ids = self.tokenizer.encode_source([s.strip() for s in sentences])
         results: list[Translation | None] = [None] * len(sentences)
         order = sorted((i for i, ids in enumerate(source_ids) if ids), key=lambda i: len(source_ids[i]))
         device = self.device
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+        for start in range(0, len(order), search.batch_size):
+            chunk = order[start:start + search.batch_size]
             src, src_mask = pad_sequences([source_ids[i] for i in chunk])  # built on the CPU
             src, src_mask = src.to(device), src_mask.to(device)
             with devices.autocast(self.mixed_precision, device):
-                if beam_size == 1:
-                    hypotheses = greedy_search(self.model, src, src_mask, max_length_ratio, attention)
+                if search.beam_size == 1:
+                    hypotheses = greedy_search(self.model, src, src_mask, search.max_length_ratio, attention)
                 else:
-                    hypotheses = beam_search(self.model, src, src_mask, beam_size, length_penalty, max_length_ratio,
-                                             min(n_best, beam_size), attention)
+                    hypotheses = beam_search(self.model, src, src_mask, search.beam_size, search.length_penalty,
+                                             search.max_length_ratio, search.n_best, attention)
             for i, sentence_hypotheses in zip(chunk, hypotheses):
                 translations = [self._translation(h, source_ids[i]) for h in sentence_hypotheses]
                 best = translations[0]
                 best.n_best = translations
                 results[i] = best
+        layout = self.describe()
+        empty_heads = np.zeros((layout.attention_layers, layout.attention_heads, 0, 0), dtype=np.float32)
         for i, result in enumerate(results):
             if result is None:
-                results[i] = Translation("", [], [], np.zeros((0, 0), dtype=np.float32) if attention else None, 0.0)
+                results[i] = Translation("", [], [], empty_heads if attention and layout.has_attention else None, 0.0)
         self.model.train(was_training)
         return results

@@ -94,7 +94,7 @@ def measure_config(config_path: str, steps: int, warmup: int, threads: int, prec
         tokens = sum(batch.num_tgt_tokens for batch in batches[warmup:])
         vocabulary, hidden = first.tokenizer.tgt_vocab_size, _output_input_size(first.model)
     return [{"config": config_path, "mixed_precision": precision, "steps": steps,
-             "params": sum(p.numel() for p in first.model.parameters()),
+             "params": first.model.describe().parameters,
              "flops_per_step": statistics.mean(flops), "seconds_per_step": statistics.mean(seconds[precision]),
              "model_flops_per_second": sum(flops) / sum(seconds[precision]),
              "tgt_tokens_per_second": tokens / sum(seconds[precision]),

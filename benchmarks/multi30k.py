@@ -45,7 +45,7 @@ def measure_one(config_path: str, minutes: float, model_dir: Path) -> dict:
         attention = "none" if not config.model.uses_attention else \
             f"{config.model.attention.score} ({config.model.decoder_style})"
     row = {"config": Path(config_path).name, "attention": attention,
-           "parameters": sum(p.numel() for p in translator.model.parameters()),
+           "parameters": translator.describe().parameters,
            "train_minutes": round(summary["seconds"] / 60, 1), "steps": summary["steps"],
            "epochs": summary["epochs"],
            "train_tgt_tokens_per_s": round(summary["target_tokens_per_second"]),

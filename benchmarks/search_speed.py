@@ -80,7 +80,7 @@ def measure_model(model_dir: str, sentences: list[str], references: list[str], w
     translator = translators[WAYS[first][1]]
     config = translator.config.model
     kind = config.type if config.type == "transformer" else f"{config.type} {config.cell}"
-    return {"model": model_dir, "kind": kind, "params": sum(p.numel() for p in translator.model.parameters()),
+    return {"model": model_dir, "kind": kind, "params": translator.describe().parameters,
             "beams": rows}
 
 

@@ -138,6 +138,35 @@ def reversal_model(tmp_path_factory) -> TrainedModel:
     return TrainedModel(work / "model", trainer, test)
 
 
+TINY_TRANSFORMER = {"type": "transformer", "encoder_layers": 2, "decoder_layers": 2, "hidden_size": 32, "heads": 4,
+                    "feed_forward_size": 64, "dropout": 0.1, "share_embeddings": True,
+                    "tie_target_embeddings": True}
+
+
+@pytest.fixture(scope="session")
+def transformer_model(tmp_path_factory) -> TrainedModel:
+    """A tiny Transformer (2 + 2 layers, 4 heads) trained 30 steps on the reversal task, in seconds: enough for its
+    translations to end at EOS; model.safetensors holds its last step. The Transformer twin of `reversal_model`."""
+    work = tmp_path_factory.mktemp("transformer")
+    train = reversal_pairs(400, seed=21)
+    data = tiny_config_dict(write_tsv(work / "train.tsv", train), write_tsv(work / "dev.tsv", reversal_pairs(8, seed=22)),
+                            work / "model", {"training.max_steps": 30, "training.validate_every": 1000,
+                                             "training.schedule": "inverse_sqrt", "training.warmup_steps": 10,
+                                             "training.learning_rate": 0.003})
+    data["model"] = dict(TINY_TRANSFORMER)
+    trainer = Trainer(parse_config(data), show_progress=False)
+    trainer.train()
+    seen = {src for src, _ in train}
+    test = [pair for pair in reversal_pairs(100, seed=23) if pair[0] not in seen][:40]
+    return TrainedModel(work / "model", trainer, test)
+
+
+@pytest.fixture(scope="session", params=["rnn", "transformer"])
+def family_model(request) -> TrainedModel:
+    """Each model family in turn: the tests that take it run once for the RNN and once for the Transformer."""
+    return request.getfixturevalue({"rnn": "reversal_model", "transformer": "transformer_model"}[request.param])
+
+
 @pytest.fixture(scope="session")
 def reversal_translator(reversal_model) -> Translator:
     """The trained reversal model as saved (model.safetensors), loaded once; tests must not change it."""

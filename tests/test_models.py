@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnmt.config import ModelConfig
+from attnmt.config import RNNConfig
 from attnmt.data import BOS_ID, PAD_ID, pad_sequences
 from attnmt.errors import ConfigError
 from attnmt.models import RNNSeq2Seq, build_model
@@ -64,7 +64,7 @@ CONFIGS = {
 
 
 def make_model(options: dict, dropout: float = 0.0, seed: int = 0) -> RNNSeq2Seq:
-    config = ModelConfig(**{"embedding_size": EMBED, "hidden_size": HIDDEN, "dropout": dropout, **options})
+    config = RNNConfig(**{"embedding_size": EMBED, "hidden_size": HIDDEN, "dropout": dropout, **options})
     torch.manual_seed(seed)
     model = build_model(config, SRC_VOCAB, TGT_VOCAB).double()
     with torch.no_grad():  # larger weights than the default init, so that differences are not lost in tiny numbers
@@ -106,7 +106,7 @@ def test_shapes_of_the_model_interface(options):
     model = make_model(options)
     src, src_mask, tgt_in, _ = batch()
     b, s, t = src.size(0), src.size(1), tgt_in.size(1)
-    logits, attention = model(src, src_mask, tgt_in)
+    logits, attention = model(src, src_mask, tgt_in, return_attention=True)
     assert logits.shape == (b, t, TGT_VOCAB)
     memory = model.encode(src, src_mask)
     assert all(tensor.size(0) == b for tensor in memory.values())  # batch-first, so search can reorder them
@@ -118,8 +118,9 @@ def test_shapes_of_the_model_interface(options):
     assert all(new_state[name].shape == state[name].shape for name in state)
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(b, dtype=log_probs.dtype))
     if model.config.uses_attention:
-        assert attention.shape == (b, t, s)
-        assert weights.shape == (b, s)
+        assert attention.shape == (b, t, 1, 1, s)  # the contract's layout: one attention layer of one head
+        assert weights.shape == (b, 1, 1, s)
+        assert (model.describe().attention_layers, model.describe().attention_heads) == (1, 1)
     else:
         assert attention is None and weights is None
 
@@ -129,15 +130,15 @@ def test_padded_batch_equals_sentences_one_by_one(options):
     model = make_model(options)
     src, src_mask, tgt_in, _ = batch(extra_padding=2)  # even more padding than the longest sentence needs
     with torch.no_grad():
-        logits, attention = model(src, src_mask, tgt_in)
+        logits, attention = model(src, src_mask, tgt_in, return_attention=True)
     for i, (source, target) in enumerate(zip(SOURCES, TARGETS)):
         s, t = len(source), len(target) + 1  # + BOS
         one_src, one_mask, one_tgt, _ = batch([source], [target])
         with torch.no_grad():
-            one_logits, one_attention = model(one_src, one_mask, one_tgt)
+            one_logits, one_attention = model(one_src, one_mask, one_tgt, return_attention=True)
         torch.testing.assert_close(logits[i, :t], one_logits[0], rtol=1e-9, atol=1e-10)
         if model.config.uses_attention:
-            torch.testing.assert_close(attention[i, :t, :s], one_attention[0], rtol=1e-9, atol=1e-10)
+            torch.testing.assert_close(attention[i, :t, ..., :s], one_attention[0], rtol=1e-9, atol=1e-10)
 
 
 @config_params(attention_only=True)
@@ -145,7 +146,8 @@ def test_model_attention_sums_to_one_and_is_zero_on_padding(options):
     model = make_model(options)
     src, src_mask, tgt_in, _ = batch(extra_padding=1)
     with torch.no_grad():
-        _, attention = model(src, src_mask, tgt_in)
+        _, attention = model(src, src_mask, tgt_in, return_attention=True)
+    attention = attention[:, :, 0, 0]  # [B, T, S]
     torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:2], dtype=attention.dtype),
                                rtol=0, atol=1e-12)
     dense = model.config.attention.normalizer == "softmax" and model.config.attention.window == "none"
@@ -162,7 +164,7 @@ def test_teacher_forcing_equals_stepping(options):
     model = make_model(options)
     src, src_mask, tgt_in, _ = batch()
     with torch.no_grad():
-        logits, attention = model(src, src_mask, tgt_in)
+        logits, attention = model(src, src_mask, tgt_in, return_attention=True)
         memory = model.encode(src, src_mask)
         state = model.start_state(memory)
         for t in range(tgt_in.size(1)):
@@ -205,7 +207,7 @@ def test_attention_query_is_the_documented_decoder_state(options):
             positions = torch.full((src.size(0), 1), t)  # the target position (local_m centres its window there)
             _, expected = model.decoder.attention(query_state["hidden"][:, -1:], memory["values"], memory["values"],
                                                   src_mask, positions)
-            torch.testing.assert_close(weights, expected[:, 0], rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(weights[:, 0, 0], expected[:, 0], rtol=1e-9, atol=1e-12)
             state = new_state
 
 
@@ -266,6 +268,6 @@ def test_tied_embeddings_with_different_sizes_raise_config_error():
 def test_attention_shorthand_and_hidden_size_reach_the_model():
     model = make_model(dict(attention={"score": "additive", "hidden_size": 5}))
     assert model.decoder.attention.scorer.key_projection.out_features == 5
-    shorthand = ModelConfig(attention="additive")
+    shorthand = RNNConfig(attention="additive")
     assert shorthand.attention.score == "additive"
-    assert ModelConfig(attention="none").uses_attention is False
+    assert RNNConfig(attention="none").uses_attention is False

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from attnmt.data import BOS_ID, EOS_ID, pad_sequences
+from attnmt.models import ModelDescription, Seq2SeqModel
 from attnmt.search import Hypothesis, beam_search, greedy_search, length_penalty
 
 from conftest import random_sentences
@@ -18,9 +19,11 @@ from conftest import random_sentences
 V = 10  # 4 special ids, then tokens 4..9
 
 
-class MarkovModel:
-    """log p(y_t | y_<t, x) = table[y_{t-1}], whatever the source; attention: all weight on source position
-    (previous token mod source length), so each attention row tells which token the hypothesis had before it."""
+class MarkovModel(Seq2SeqModel):
+    """A hand-made implementation of the model contract (`attnmt.models.contract.Seq2SeqModel`) whose probabilities
+    are known exactly: log p(y_t | y_<t, x) = table[y_{t-1}], whatever the source. Its attention (one layer of one
+    head, [B, 1, 1, S]) puts all weight on source position (previous token mod source length), so each attention
+    row tells which token the hypothesis had before it."""
 
     def __init__(self, probabilities: torch.Tensor) -> None:
         self.table = probabilities.double().log()  # [V, V]
@@ -31,11 +34,23 @@ class MarkovModel:
     def start_state(self, memory):
         return {"steps": torch.zeros(memory["mask"].size(0), dtype=torch.long)}
 
+    def _weights(self, prev, mask):
+        """One-hot on source position (prev mod source length): prev [B, ...] → [B, ..., 1, 1, S]."""
+        position = prev % mask.sum(dim=1).view(-1, *[1] * (prev.dim() - 1))
+        return torch.nn.functional.one_hot(position, mask.size(1)).float().unsqueeze(-2).unsqueeze(-2)
+
     def step(self, prev, state, memory, need_weights=True):
-        mask = memory["mask"]
-        position = prev % mask.sum(dim=1)
-        weights = torch.nn.functional.one_hot(position, mask.size(1)).float() if need_weights else None
+        weights = self._weights(prev, memory["mask"]) if need_weights else None  # [B, 1, 1, S]
         return self.table[prev].float(), {"steps": state["steps"] + 1}, weights
+
+    def forward(self, src, src_mask, tgt_in, return_attention=False):
+        """Teacher forcing: the table's rows are the log-probabilities (log_softmax leaves them as they are)."""
+        weights = self._weights(tgt_in, src_mask) if return_attention else None  # [B, T, 1, 1, S]
+        return self.table[tgt_in].float(), weights
+
+    def describe(self):
+        return ModelDescription(family="markov", summary="a bigram table", attention="one-hot", attention_layers=1,
+                                attention_heads=1, encoder_layers=0, decoder_layers=0, hidden_size=0, parameters=0)
 
     def sequence_score(self, tokens: list[int]) -> float:
         path = [BOS_ID, *tokens, EOS_ID]
@@ -55,10 +70,10 @@ def sources(lengths: list[int]):
 
 
 def check_attention_follows_tokens(hypothesis: Hypothesis, source_length: int) -> None:
-    assert hypothesis.attention.shape == (len(hypothesis.tokens) + 1, source_length)
+    assert hypothesis.attention.shape == (len(hypothesis.tokens) + 1, 1, 1, source_length)  # [T, L, H, S]
     previous = [BOS_ID, *hypothesis.tokens]
     expected = np.eye(source_length)[[token % source_length for token in previous]]
-    np.testing.assert_array_equal(hypothesis.attention, expected)
+    np.testing.assert_array_equal(hypothesis.attention[:, 0, 0], expected)
 
 
 def test_beam_search_escapes_the_greedy_trap():
@@ -168,6 +183,10 @@ def test_hypotheses_stop_at_the_length_limit_with_the_eos_log_prob_counted():
             assert hypothesis.score == pytest.approx(model.sequence_score(hypothesis.tokens), abs=1e-5)
 
 
+def test_the_markov_model_keeps_the_contract():
+    assert isinstance(MarkovModel(random_table(0)), Seq2SeqModel)
+
+
 def test_searches_without_attention_return_no_matrix():
     class NoAttention(MarkovModel):
         def step(self, prev, state, memory, need_weights=True):
@@ -216,13 +235,13 @@ def teacher_forced(model, source_ids: list[list[int]], hypotheses: list[Hypothes
     src, src_mask = pad_sequences(source_ids)
     tgt_in, _ = pad_sequences([[BOS_ID, *h.tokens] for h in hypotheses])
     with torch.no_grad():
-        logits, attention = model(src, src_mask, tgt_in)
+        logits, attention = model(src, src_mask, tgt_in, return_attention=True)
     log_probs = torch.log_softmax(logits.double(), dim=-1)
     results = []
     for i, (ids, h) in enumerate(zip(source_ids, hypotheses)):
         targets = [*h.tokens, EOS_ID]
         score = float(sum(log_probs[i, t, token] for t, token in enumerate(targets)))
-        results.append((score, attention[i, :len(targets), :len(ids)].numpy()))
+        results.append((score, attention[i, :len(targets), ..., :len(ids)].numpy()))  # [T, L, H, S]
     return results
 
 
@@ -264,8 +283,8 @@ def test_hypothesis_scores_and_attention_equal_teacher_forcing(reversal_translat
             for h, source, (score, attention) in zip(flat[start:start + 100], source_ids[start:start + 100],
                                                      expected):
                 assert h.score == pytest.approx(score, abs=1e-4), name
-                assert h.attention.shape == (len(h.tokens) + 1, len(source))
-                np.testing.assert_allclose(h.attention.sum(axis=1), 1.0, atol=1e-5)
+                assert h.attention.shape == (len(h.tokens) + 1, 1, 1, len(source))
+                np.testing.assert_allclose(h.attention.sum(axis=-1), 1.0, atol=1e-5)
                 np.testing.assert_allclose(h.attention, attention, atol=1e-5)
                 checked += 1
     assert checked > len(ids) * 3

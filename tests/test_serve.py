@@ -289,12 +289,15 @@ def test_health(client):
 
 def test_info(client, reversal_translator, settings):
     info = client.get("/info").json()
-    assert info["model_type"] == "rnn" and info["cell"] == "gru"
-    assert info["attention"] == "additive" and info["attention_details"]["normalizer"] == "softmax"
+    model = info["model"]
+    assert model["family"] == "rnn" and model["settings"]["cell"] == "gru"
+    assert model["attention"] == "additive" and model["settings"]["attention"]["normalizer"] == "softmax"
+    assert (model["attention_layers"], model["attention_heads"]) == (1, 1)
+    assert "GRU" in model["summary"] and "additive attention" in model["summary"]
     assert (info["source_language"], info["target_language"]) == ("src", "tgt")  # the tiny config's defaults
     assert info["source_vocab_size"] == reversal_translator.tokenizer.src_vocab_size
     assert info["target_vocab_size"] == reversal_translator.tokenizer.tgt_vocab_size
-    assert info["parameters"] == sum(p.numel() for p in reversal_translator.model.parameters())
+    assert model["parameters"] == sum(p.numel() for p in reversal_translator.model.parameters())
     assert info["device"] == str(reversal_translator.device)
     assert info["limits"]["max_text_chars"] == settings.max_text_chars
     assert info["defaults"]["beam_size"] == 5
@@ -553,7 +556,8 @@ def test_a_model_without_attention(tmp_path, tiny_config):
                                               "training.validate_every": 2})
     Trainer(config, show_progress=False).train()
     with TestClient(create_app(Translator.load(tmp_path / "plain"))) as plain:
-        assert plain.get("/info").json()["attention"] == "none"
+        model = plain.get("/info").json()["model"]
+        assert model["attention"] == "none" and (model["attention_layers"], model["attention_heads"]) == (0, 0)
         response = post(plain, {"text": "a b c", "return_attention": True, "beam_size": 1})
         assert response.status_code == 200, response.text
         result = response.json()["translations"][0]

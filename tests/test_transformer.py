@@ -25,7 +25,7 @@ from attnmt.search import beam_search, greedy_search, max_lengths
 from attnmt.training import LearningRateSchedule, Trainer
 from attnmt.translator import Translator
 
-from conftest import reversal_pairs, tiny_config_dict, write_tsv
+from conftest import TINY_TRANSFORMER, reversal_pairs, tiny_config_dict, write_tsv
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB = 24
@@ -339,25 +339,9 @@ def test_inverse_sqrt_schedule():
 # ---- training, save → load, translator, CLI ------------------------------------------------------------------------
 
 
-TINY_TRANSFORMER = {"type": "transformer", "encoder_layers": 2, "decoder_layers": 2, "hidden_size": 32, "heads": 4,
-                    "feed_forward_size": 64, "dropout": 0.1, "share_embeddings": True,
-                    "tie_target_embeddings": True}
-
-
 @pytest.fixture(scope="module")
-def trained_transformer(tmp_path_factory):
-    """A tiny Transformer trained a few dozen steps on the reversal task; model.safetensors holds its last step."""
-    work = tmp_path_factory.mktemp("transformer")
-    train = write_tsv(work / "train.tsv", reversal_pairs(400, seed=21))
-    dev = write_tsv(work / "dev.tsv", reversal_pairs(8, seed=22))
-    data = tiny_config_dict(train, dev, work / "model", {"training.max_steps": 30, "training.validate_every": 1000,
-                                                         "training.schedule": "inverse_sqrt",
-                                                         "training.warmup_steps": 10,
-                                                         "training.learning_rate": 0.003})
-    data["model"] = dict(TINY_TRANSFORMER)
-    trainer = Trainer(parse_config(data), show_progress=False)
-    trainer.train()
-    return trainer
+def trained_transformer(transformer_model) -> Trainer:
+    return transformer_model.trainer
 
 
 def test_save_and_load_give_identical_translations(trained_transformer):
@@ -436,9 +420,9 @@ def test_cli_attention_draws_layers_and_heads(capsys, tmp_path, trained_transfor
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--layer", "3"], "--layer 3: the model has 2 decoder layers; choose 1..2"),
-    (["--layer", "0"], "--layer 0: the model has 2 decoder layers; choose 1..2"),
-    (["--head", "5"], "--head 5: the model has 4 heads per layer; choose 1..4"),
+    (["--layer", "3"], "layer 3: the model has 2 attention layers; choose 1..2"),
+    (["--layer", "0"], "layer 0: the model has 2 attention layers; choose 1..2"),
+    (["--head", "5"], "head 5: the model has 4 heads per layer; choose 1..4"),
     (["--all-heads", "--head", "1"], "either --all-heads or --head"),
 ])
 def test_cli_attention_bad_layer_or_head(capsys, tmp_path, trained_transformer, options, message):
@@ -448,15 +432,19 @@ def test_cli_attention_bad_layer_or_head(capsys, tmp_path, trained_transformer, 
     assert "Traceback" not in err and not path.exists()
 
 
-def test_cli_attention_layers_and_heads_of_an_rnn_are_an_error(capsys, tmp_path, tiny_config):
+def test_cli_attention_an_rnn_has_one_layer_of_one_head(capsys, tmp_path, tiny_config):
     config = tiny_config(tmp_path / "rnn", {"training.max_steps": 2})
     Trainer(config, show_progress=False).train()
-    for options in (["--layer", "1"], ["--head", "1"], ["--all-heads"]):
+    for options in (["--layer", "1"], ["--head", "1"], ["--all-heads"], []):
         code, _, err = run(capsys, "attention", tmp_path / "rnn", "a b c", "-o", tmp_path / "x.png", *options)
-        assert code == 2 and "is an RNN" in err and "--layer" in err, err
-    code, _, err = run(capsys, "attention", tmp_path / "rnn", "a b c", "-o", tmp_path / "x.png")
-    assert code == 0, err
-    assert Translator.load(tmp_path / "rnn").translate(["a b c"])[0].attention_heads is None
+        assert code == 0, err
+    for options, message in ((["--layer", "2"], "layer 2: the model has 1 attention layer; choose 1..1"),
+                             (["--head", "2"], "head 2: the model has 1 head per layer; choose 1..1")):
+        code, _, err = run(capsys, "attention", tmp_path / "rnn", "a b c", "-o", tmp_path / "y.png", *options)
+        assert code == 2 and message in err, err
+    result = Translator.load(tmp_path / "rnn").translate(["a b c"])[0]
+    assert result.attention_heads.shape == (1, 1, len(result.tokens) + 1, len(result.source_tokens))
+    np.testing.assert_array_equal(result.attention, result.attention_heads[0, 0])
 
 
 def test_a_tiny_transformer_learns_to_reverse(tmp_path):

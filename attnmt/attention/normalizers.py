@@ -42,10 +42,10 @@ def masked_softmax(energies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _support(z: torch.Tensor, allowed: torch.Tensor,
-             in_support: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+             in_support: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """The positions that get weight > 0: the k largest allowed z, k the largest rank where `in_support` holds.
 
-    z [B, Tq, Tk] → support mask [B, Tq, Tk]. `in_support(sorted z, rank, valid)` tests each k = 1..Tk on the
+    z [B, Tq, Tk] → support mask [B, Tq, Tk]. `in_support(sorted z, rank)` tests each k = 1..Tk on the
     sorted values (allowed ones first); it holds for a prefix of ranks (both papers prove this).
     """
     with torch.no_grad():
@@ -53,7 +53,7 @@ def _support(z: torch.Tensor, allowed: torch.Tensor,
         rank = torch.arange(1, z.size(-1) + 1, device=z.device, dtype=z.dtype)  # k = 1..Tk
         valid = rank <= allowed.sum(dim=-1, keepdim=True)  # ranks of allowed positions  [B, Tq, Tk]
         ordered = ordered.masked_fill(~valid, 0.0)
-        size = (in_support(ordered, rank, valid) & valid).sum(dim=-1, keepdim=True)  # k(z)  [B, Tq, 1]
+        size = (in_support(ordered, rank) & valid).sum(dim=-1, keepdim=True)  # k(z)  [B, Tq, 1]
         smallest = ordered.gather(-1, size - 1)  # z_(k), the smallest value in the support
         return allowed & (z >= smallest)
 
@@ -68,7 +68,7 @@ def masked_sparsemax(energies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     allowed = _allowed(energies, mask)
     z = energies.masked_fill(~allowed, 0.0)
 
-    def in_support(ordered, rank, valid):
+    def in_support(ordered, rank):
         return 1 + rank * ordered > ordered.cumsum(dim=-1)
 
     support = _support(z, allowed, in_support)  # [B, Tq, Tk]
@@ -89,7 +89,7 @@ def masked_entmax15(energies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     allowed = _allowed(energies, mask)
     z = energies.masked_fill(~allowed, 0.0) / 2
 
-    def in_support(ordered, rank, valid):
+    def in_support(ordered, rank):
         mean = ordered.cumsum(dim=-1) / rank  # M_k
         squares = rank * ((ordered ** 2).cumsum(dim=-1) / rank - mean ** 2)  # S_k
         tau = mean - torch.sqrt(torch.clamp((1 - squares) / rank, min=0))  # τ_k

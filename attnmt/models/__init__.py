@@ -1,29 +1,19 @@
-"""Models. Each one offers the interface that search and training rely on:
-
-    encode(src [B, S], src_mask [B, S]) -> memory            dict of batch-first tensors, computed once per sentence
-    start_state(memory) -> state                               dict of batch-first tensors
-    step(prev_tokens [B], state, memory, need_weights=True)
-        -> (log_probs [B, V], state, attention [B, ..., S] or None)     None without attention or need_weights
-    forward(src, src_mask, tgt_in [B, T]) -> (logits [B, T, V], attention [B, T, ..., S] or None)   teacher forcing
-
-Attention has the source positions on its last axis. The RNN returns one weight vector per step, [B, S]
-(forward: [B, T, S]); the Transformer returns the cross-attention of every decoder layer and head, [B, L, H, S]
-(forward: [B, T, L, H, S], and only when asked with `return_attention=True`).
-"""
+"""Models: the RNN encoder-decoder (`rnn.py`) and the Transformer (`transformer.py`), both implementing the contract
+of `contract.py` (`Seq2SeqModel`), through which everything else uses them without asking which family it has."""
 
 from __future__ import annotations
 
-from torch import nn
-
 from attnmt.config import RNNConfig, TransformerConfig
+from attnmt.models.contract import ModelDescription, Seq2SeqModel, State, log_probabilities
 from attnmt.models.rnn import RNNSeq2Seq
 from attnmt.models.transformer import TransformerSeq2Seq
 
-__all__ = ["RNNSeq2Seq", "TransformerSeq2Seq", "build_model"]
+__all__ = ["FAMILIES", "ModelDescription", "RNNSeq2Seq", "Seq2SeqModel", "State", "TransformerSeq2Seq",
+           "build_model", "log_probabilities"]
+
+FAMILIES = {"rnn": RNNSeq2Seq, "transformer": TransformerSeq2Seq}  # `model.type` → the model class
 
 
-def build_model(config: RNNConfig | TransformerConfig, src_vocab_size: int, tgt_vocab_size: int) -> nn.Module:
+def build_model(config: RNNConfig | TransformerConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2SeqModel:
     """The model named by `config.type`, with fresh parameters."""
-    if isinstance(config, TransformerConfig):
-        return TransformerSeq2Seq(config, src_vocab_size, tgt_vocab_size)
-    return RNNSeq2Seq(config, src_vocab_size, tgt_vocab_size)
+    return FAMILIES[config.type](config, src_vocab_size, tgt_vocab_size)

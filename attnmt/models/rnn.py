@@ -14,10 +14,10 @@
     output       p(y_t | y_<t, x) = softmax(W_o h̃_t)
     no attention h̃_t = s_t: the decoder sees the source only through s_0, the fixed context vector.
 
-Every model offers the small interface that search and training use (see `attnmt.models.Seq2Seq`):
-`encode`, `start_state`, `step` and `forward` (teacher forcing). Decoder states and encoder memories are dicts of
-batch-first tensors, so beam search can reorder any model's state with one `index_select`. The state also counts the
-target position t (`position` [B]), which local attention (`local_m`: p_t = t) reads.
+`RNNSeq2Seq` implements the model contract (`attnmt.models.contract.Seq2SeqModel`): `encode`, `start_state`, `step`,
+`forward` (teacher forcing) and `describe`. Its attention is one layer of one head, so it comes out as [B, 1, 1, S]
+per step (the contract's layout). The state also counts the target position t (`position` [B]), which local
+attention (`local_m`: p_t = t) reads.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnmt import attention
-from attnmt.config import ModelConfig
+from attnmt.config import RNNConfig
 from attnmt.data.tokenizer import PAD_ID
 from attnmt.errors import ConfigError
+from attnmt.models.contract import ModelDescription, State, count_parameters, log_probabilities
 
 RNN_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-State = dict[str, torch.Tensor]
 
 
 def _to_batch_first(hidden: torch.Tensor) -> torch.Tensor:
@@ -46,7 +46,7 @@ def _to_layer_first(hidden: torch.Tensor) -> torch.Tensor:
 class Encoder(nn.Module):
     """h_1..h_n = RNN(embed(x)); a bidirectional RNN concatenates both directions, h_i = [→h_i; ←h_i]."""
 
-    def __init__(self, vocab_size: int, config: ModelConfig) -> None:
+    def __init__(self, vocab_size: int, config: RNNConfig) -> None:
         super().__init__()
         hidden = config.encoder_hidden_size or config.hidden_size
         self.embed = nn.Embedding(vocab_size, config.embedding_size, padding_idx=PAD_ID)
@@ -85,7 +85,7 @@ class Bridge(nn.Module):
 
     def __init__(self, encoder_size: int, decoder_size: int, layers: int) -> None:
         super().__init__()
-        self.layers, self.decoder_size = layers, decoder_size
+        self.layers = layers
         self.projection = None
         if encoder_size != decoder_size:
             self.projection = nn.Linear(encoder_size, decoder_size)
@@ -124,7 +124,7 @@ class Combine(nn.Module):
 class Decoder(nn.Module):
     """The decoder RNN, its attention and the output layer; Luong or Bahdanau style, or no attention."""
 
-    def __init__(self, vocab_size: int, encoder_size: int, config: ModelConfig) -> None:
+    def __init__(self, vocab_size: int, encoder_size: int, config: RNNConfig) -> None:
         super().__init__()
         hidden = config.hidden_size
         self.style = config.decoder_style
@@ -221,9 +221,10 @@ class Decoder(nn.Module):
 
 
 class RNNSeq2Seq(nn.Module):
-    """Encoder, bridge and decoder: the seeds' RNN encoder-decoder, with or without attention."""
+    """Encoder, bridge and decoder: the RNN encoder-decoder of the study notes, with or without attention; a
+    `Seq2SeqModel`."""
 
-    def __init__(self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
+    def __init__(self, config: RNNConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(src_vocab_size, config)
@@ -253,17 +254,30 @@ class RNNSeq2Seq(nn.Module):
 
     def step(self, prev_tokens: torch.Tensor, state: State, memory: State, need_weights: bool = True
              ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
-        """prev_tokens [B] → log p(y_t | y_<t, x) [B, V], new state, attention weights [B, S] (None without
+        """prev_tokens [B] → log p(y_t | y_<t, x) [B, V], new state, attention weights [B, 1, 1, S] (None without
         attention, or unless `need_weights`)."""
         embedded = self.decoder.embed(prev_tokens).unsqueeze(1)  # [B, 1, E]
         attentional, state, weights = self.decoder.step(embedded, state, memory)
-        logits = self.decoder.output(attentional).squeeze(1)  # [B, V]
-        # at least float32 (under bf16/fp16 autocast too), so that search sums exact log-probabilities
-        log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-        return log_probs, state, weights.squeeze(1) if weights is not None and need_weights else None
+        log_probs = log_probabilities(self.decoder.output(attentional).squeeze(1))  # [B, V]
+        return log_probs, state, weights.unsqueeze(1) if weights is not None and need_weights else None
 
-    def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor
+    def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor, return_attention: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher forcing: src [B, S], tgt_in [B, T] → logits [B, T, V], attention [B, T, S] or None."""
+        """Teacher forcing: src [B, S], tgt_in [B, T] → logits [B, T, V], and with `return_attention` the
+        attention [B, T, 1, 1, S] (None without attention)."""
         memory = self.encode(src, src_mask)
-        return self.decoder(tgt_in, self.start_state(memory), memory)
+        logits, weights = self.decoder(tgt_in, self.start_state(memory), memory)  # weights [B, T, S]
+        return logits, weights[:, :, None, None] if weights is not None and return_attention else None
+
+    def describe(self) -> ModelDescription:
+        c = self.config
+        directions = "bidirectional " if c.bidirectional else ""
+        attention = c.attention.score if c.uses_attention else "none"
+        summary = (f"{directions}{c.cell.upper()} {c.hidden_size}, "
+                   + (f"{attention} attention, {c.decoder_style.capitalize()} style" if c.uses_attention
+                      else "no attention (a fixed context vector)"))
+        layers = 1 if c.uses_attention else 0
+        return ModelDescription(family=c.type, summary=summary, attention=attention, attention_layers=layers,
+                                attention_heads=layers, encoder_layers=c.encoder_layers,
+                                decoder_layers=c.decoder_layers, hidden_size=c.hidden_size,
+                                parameters=count_parameters(self), settings=c.model_dump(mode="json"))

@@ -12,7 +12,8 @@
 
 Multi-head attention is `attnmt.models.multihead.MultiHeadAttention`.
 
-The interface is the one every model offers (`attnmt.models`), so search, training and the translator work unchanged:
+`TransformerSeq2Seq` implements the model contract (`attnmt.models.contract.Seq2SeqModel`), so search, training,
+the translator and the edges use it as they use the RNN:
 
     encode(src, src_mask) → memory      encoder output, the mask, and the cross-attention keys and values of every
                                         decoder layer, projected once per sentence:
@@ -44,9 +45,8 @@ from torch import nn
 from attnmt.config import TransformerConfig
 from attnmt.data.tokenizer import PAD_ID
 from attnmt.errors import ConfigError
+from attnmt.models.contract import ModelDescription, State, count_parameters, log_probabilities
 from attnmt.models.multihead import MultiHeadAttention
-
-State = dict[str, torch.Tensor]
 
 
 class Positions(nn.Module):
@@ -274,9 +274,7 @@ class TransformerSeq2Seq(nn.Module):
         weights of every layer and head [B, L, H, S] (None unless `need_weights`: then attention may take the fused
         path)."""
         h, state, attention = self._decode(prev_tokens.unsqueeze(1), state, memory, need_weights)
-        logits = self.output(h[:, -1])  # [B, V]
-        # at least float32 (under bf16/fp16 autocast too), so that search sums exact log-probabilities
-        log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        log_probs = log_probabilities(self.output(h[:, -1]))  # [B, V]
         return log_probs, state, None if attention is None else attention[:, -1]
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor, return_attention: bool = False
@@ -286,3 +284,13 @@ class TransformerSeq2Seq(nn.Module):
         memory = self.encode(src, src_mask)
         h, _, attention = self._decode(tgt_in, self.start_state(memory), memory, need_weights=return_attention)
         return self.output(h), attention
+
+    def describe(self) -> ModelDescription:
+        c = self.config
+        summary = (f"Transformer {c.encoder_layers} + {c.decoder_layers} layers, d_model {c.hidden_size}, "
+                   f"{c.heads} heads, d_ff {c.feed_forward_size}, {c.norm}-norm")
+        return ModelDescription(family=c.type, summary=summary, attention="scaled_dot",
+                                attention_layers=c.decoder_layers, attention_heads=c.heads,
+                                encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers,
+                                hidden_size=c.hidden_size, parameters=count_parameters(self),
+                                settings=c.model_dump(mode="json"))

@@ -8,7 +8,6 @@ unknown fields, empty lists, limits). 503 means the server is busy or shutting d
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations, and the request model is
 # built per app (its limits come from the settings), so it is a local name that string annotations could not find.
 
-import importlib.util
 import io
 import logging
 import math
@@ -29,9 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import attnmt
+from attnmt import fonts
+from attnmt.config import SearchConfig
+from attnmt.errors import ConfigError
 from attnmt.serve import ServeSettings
 from attnmt.serve.batcher import Batcher, BatcherClosed, QueueFull
-from attnmt.translator import Translation, Translator
+from attnmt.translator import Translation, Translator, attention_view
 
 log = logging.getLogger("attnmt.serve")
 
@@ -43,19 +45,6 @@ PAGE_HEADERS = {
     "referrer-policy": "no-referrer",
 }
 ATTENTION_DECIMALS = 4
-HANGUL_FONT = "NanumGothic.ttf"  # Hangul for the page, from koreanize-matplotlib (a dependency)
-
-
-def _hangul_fonts_dir() -> Path | None:
-    """The fonts folder of koreanize-matplotlib, found without importing it (that would import matplotlib)."""
-    try:
-        spec = importlib.util.find_spec("koreanize_matplotlib")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin:
-        return None
-    folder = Path(spec.origin).parent / "fonts"
-    return folder if folder.is_dir() else None
 
 
 def _web_font(path: Path) -> bytes:
@@ -88,8 +77,15 @@ class TranslationOut(BaseModel):
                                                               "(with return_attention)")
     target_tokens: list[str] | None = Field(None, description="target subwords and a final `</s>`: the rows of "
                                                               "`attention` (with return_attention)")
-    attention: list[list[float]] | None = Field(None, description="[len(target_tokens)][len(source_tokens)] weights; "
-                                                                  "null for a model without attention")
+    attention: list[list[float]] | None = Field(None, description="[len(target_tokens)][len(source_tokens)] weights "
+                                                                  "(the last attention layer, averaged over its "
+                                                                  "heads); null for a model without attention")
+    attention_heads: list[list[list[list[float]]]] | None = Field(
+        None, description="[layers][heads][len(target_tokens)][len(source_tokens)]: every attention layer and head, "
+                          "when the model has more than one (see /info model.attention_layers, attention_heads)")
+    attention_layer_means: list[list[list[float]]] | None = Field(
+        None, description="[layers][len(target_tokens)][len(source_tokens)]: each layer averaged over its heads, "
+                          "with attention_heads")
 
 
 class TranslateResponse(BaseModel):
@@ -112,14 +108,25 @@ class HealthResponse(BaseModel):
     batching: dict[str, Any]
 
 
+class ModelInfo(BaseModel):
+    """`attnmt.models.contract.ModelDescription`: the model in terms every family shares."""
+
+    family: str = Field(description="the config's model.type: rnn or transformer")
+    summary: str = Field(description="one line for people")
+    attention: str = Field(description="the attention score (e.g. `additive`, `scaled_dot`), or `none`")
+    attention_layers: int = Field(description="attention layers (an RNN: 1, a Transformer: its decoder layers); "
+                                              "0 without attention")
+    attention_heads: int = Field(description="heads per attention layer; 0 without attention")
+    encoder_layers: int
+    decoder_layers: int
+    hidden_size: int
+    parameters: int
+    settings: dict[str, Any] = Field(description="the config's model section")
+
+
 class InfoResponse(BaseModel):
     name: str
-    model_type: str
-    cell: str
-    attention: str = Field(description="the attention score (e.g. `additive`), or `none`")
-    attention_details: dict[str, Any] | None
-    decoder_style: str
-    parameters: int
+    model: ModelInfo
     device: str = Field(description="where the model translates: cpu, cuda:0, ...")
     source_language: str
     target_language: str
@@ -137,7 +144,9 @@ ERROR_RESPONSES = {status: {"model": ErrorResponse, "description": description} 
 
 # ---- the request model: its limits come from the settings -------------------------------------------------------
 
-def request_model(settings: ServeSettings, default_beam: int, default_n_best: int) -> type[BaseModel]:
+def request_model(settings: ServeSettings, defaults: SearchConfig) -> type[BaseModel]:
+    """The body of POST /translate; its limits come from the settings, its search defaults from `defaults` (the
+    model's, within the server's limits), and beam_size/n_best are checked by `SearchConfig.resolve`, as everywhere."""
     Text = Annotated[str, StringConstraints(max_length=settings.max_text_chars)]
 
     class TranslateRequest(BaseModel):
@@ -152,10 +161,10 @@ def request_model(settings: ServeSettings, default_beam: int, default_n_best: in
                                          description=f"1 to {settings.max_texts} texts of at most "
                                                      f"{settings.max_text_chars} characters each")
         beam_size: int | None = Field(None, ge=1, le=settings.max_beam_size,
-                                      description=f"1 = greedy; default {default_beam} (the model's config)")
+                                      description=f"1 = greedy; default {defaults.beam_size} (the model's config)")
         n_best: int | None = Field(None, ge=1, le=settings.max_n_best,
-                                   description=f"hypotheses to return per text, at most beam_size; "
-                                               f"default {default_n_best}")
+                                   description=f"hypotheses to return per text, at most beam_size; default "
+                                               f"{defaults.n_best}, or beam_size if that is smaller")
         return_attention: bool = Field(False, description="also return the source/target tokens and the attention")
 
         @model_validator(mode="after")
@@ -165,16 +174,15 @@ def request_model(settings: ServeSettings, default_beam: int, default_n_best: in
                 raise ValueError("text, texts: give `text` (one string) or `texts` (a list of strings)")
             if self.text is not None and self.texts is not None:
                 raise ValueError("text, texts: give either `text` or `texts`, not both")
-            beam = self.beam_size or default_beam
-            if self.n_best is not None and self.n_best > beam:
-                given = "beam_size" if self.beam_size else "the model's default beam_size"
-                raise ValueError(f"n_best: {self.n_best} is more than {given} ({beam}); ask for beam_size of at "
-                                 f"least {self.n_best}")
+            self.search_options()
             return self
 
         def search_options(self) -> dict[str, int]:
-            beam = self.beam_size or default_beam
-            return {"beam_size": beam, "n_best": self.n_best or min(default_n_best, beam)}
+            try:
+                search = defaults.resolve(beam_size=self.beam_size, n_best=self.n_best)
+            except ConfigError as error:
+                raise ValueError(f"n_best: {error}") from None
+            return {"beam_size": search.beam_size, "n_best": search.n_best}
 
     return TranslateRequest
 
@@ -293,6 +301,12 @@ def _score(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _rounded(matrix: np.ndarray) -> list:
+    """Attention weights as JSON: NaN/inf made finite, ATTENTION_DECIMALS decimals."""
+    matrix = np.nan_to_num(np.asarray(matrix, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+    return matrix.round(ATTENTION_DECIMALS).tolist()
+
+
 def _translation_out(result: Translation, with_n_best: bool, with_attention: bool) -> TranslationOut:
     fields: dict[str, Any] = {"text": result.text, "score": _score(result.score)}
     if with_n_best:
@@ -300,11 +314,12 @@ def _translation_out(result: Translation, with_n_best: bool, with_attention: boo
     if with_attention:
         fields["source_tokens"] = list(result.source_tokens)
         fields["target_tokens"] = result.target_tokens_with_eos if result.source_tokens else []
-        if result.attention is None:
-            fields["attention"] = None
-        else:
-            matrix = np.nan_to_num(np.asarray(result.attention, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-            fields["attention"] = matrix.round(ATTENTION_DECIMALS).tolist() if matrix.size else []
+        heads = result.attention_heads  # [L, H, T, S] or None
+        fields["attention"] = None if heads is None else _rounded(result.attention) if heads.size else []
+        if heads is not None and heads.shape[0] * heads.shape[1] > 1:
+            fields["attention_heads"] = _rounded(heads) if heads.size else []
+            fields["attention_layer_means"] = [_rounded(attention_view(heads, layer)) if heads.size else []
+                                               for layer in range(1, heads.shape[0] + 1)]
     return TranslationOut(**fields)
 
 
@@ -315,9 +330,10 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
     `with TestClient(app)` in tests, so that startup and shutdown run)."""
     settings = settings or ServeSettings()
     config = translator.config
-    default_beam = min(config.search.beam_size, settings.max_beam_size)
-    default_n_best = min(config.search.n_best, settings.max_n_best)
-    TranslateRequest = request_model(settings, default_beam, default_n_best)
+    model = translator.describe()
+    defaults = translator.search_settings(beam_size=min(config.search.beam_size, settings.max_beam_size))
+    defaults = defaults.resolve(n_best=min(defaults.n_best, settings.max_n_best))  # the model's, within the limits
+    TranslateRequest = request_model(settings, defaults)
     batcher = Batcher(translate=translator.translate, max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.max_wait_ms, max_queued_texts=settings.max_queued_texts,
                       thread_initializer=partial(torch.set_num_threads, settings.threads))
@@ -387,17 +403,12 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
                               queued_texts=batcher.queued_texts, incoming_requests=batcher.incoming or 0,
                               batching=batcher.stats.as_dict())
 
-    model = config.model
     info = InfoResponse(
-        name=config.name, model_type=model.type, cell=model.cell,
-        attention=model.attention.score if model.uses_attention else "none",
-        attention_details=model.attention.model_dump() if model.uses_attention else None,
-        decoder_style=model.decoder_style,
-        parameters=sum(p.numel() for p in translator.model.parameters()), device=str(translator.device),
+        name=config.name, model=ModelInfo(**model.as_dict()), device=str(translator.device),
         source_language=config.data.src_lang, target_language=config.data.tgt_lang,
         source_vocab_size=translator.tokenizer.src_vocab_size, target_vocab_size=translator.tokenizer.tgt_vocab_size,
-        defaults={"beam_size": default_beam, "n_best": min(default_n_best, default_beam),
-                  "length_penalty": config.search.length_penalty, "max_length_ratio": config.search.max_length_ratio},
+        defaults={"beam_size": defaults.beam_size, "n_best": defaults.n_best,
+                  "length_penalty": defaults.length_penalty, "max_length_ratio": defaults.max_length_ratio},
         limits={"max_text_chars": settings.max_text_chars, "max_texts": settings.max_texts,
                 "max_beam_size": settings.max_beam_size, "max_n_best": settings.max_n_best,
                 "max_body_bytes": settings.max_body_bytes},
@@ -412,18 +423,18 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
 
-    fonts_dir = _hangul_fonts_dir()
     font_cache: dict[str, bytes] = {}
 
-    @app.get("/fonts/" + HANGUL_FONT, include_in_schema=False)
+    @app.get("/fonts/" + fonts.HANGUL_FONT_FILE, include_in_schema=False)
     async def hangul_font() -> Response:
         # So that Korean shows on machines without a Hangul font; the CSS asks for it only when the page holds
         # Hangul (unicode-range).
-        if fonts_dir is None or not (fonts_dir / HANGUL_FONT).is_file():
+        path = fonts.hangul_font_file()
+        if path is None:
             raise StarletteHTTPException(404, "no Hangul font here: install koreanize-matplotlib")
-        if HANGUL_FONT not in font_cache:
-            font_cache[HANGUL_FONT] = await run_in_threadpool(_web_font, fonts_dir / HANGUL_FONT)
-        return Response(font_cache[HANGUL_FONT], media_type="font/ttf", headers={"cache-control": "max-age=86400"})
+        if "font" not in font_cache:
+            font_cache["font"] = await run_in_threadpool(_web_font, path)
+        return Response(font_cache["font"], media_type="font/ttf", headers={"cache-control": "max-age=86400"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
