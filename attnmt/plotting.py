@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,6 @@ import numpy as np
 from matplotlib import font_manager, rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ft2font import FT2Font
 
 from attnmt import fonts
 
@@ -27,7 +27,9 @@ __all__ = ["hangul_font", "plot_attention", "plot_attention_grid", "plot_lines"]
 
 FALLBACK_FAMILY = "DejaVu Sans"
 WORD_START = "\u2581"  # sentencepiece's word-start marker "▁"
-WORD_START_REPLACEMENT = "_"
+WORD_START_MARK = "\u00b7"  # drawn instead: a light "·" before a token that starts a word
+WORD_START_NOTE = "· marks the start of a word"
+MAX_WIDTH_INCHES = 24.0  # wider than this, source labels alternate between two lines instead
 DPI = 150
 COLOUR_MAP = "viridis"
 
@@ -53,26 +55,14 @@ def hangul_font() -> font_manager.FontProperties:
     return font_manager.FontProperties(family=list(_font_families()))
 
 
-@functools.cache
-def _font_chain() -> tuple[FT2Font, ...]:
-    """The loaded font files of the family list, in fallback order."""
-    return tuple(
-        FT2Font(font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False))
-        for family in _font_families()
-    )
-
-
-@functools.cache
-def _has_glyph(character: str) -> bool:
-    """True if some font of the family list has a glyph for ``character``."""
-    return any(font.get_char_index(ord(character)) != 0 for font in _font_chain())
-
-
 def _display_token(token: str) -> str:
-    """Token text as drawn: "▁" stays unless no font has it, then it becomes "_"."""
-    if WORD_START in token and not _has_glyph(WORD_START):
-        return token.replace(WORD_START, WORD_START_REPLACEMENT)
-    return token
+    """Token text as drawn: sentencepiece's heavy "▁" becomes a light "·" word-start mark."""
+    return token.replace(WORD_START, WORD_START_MARK)
+
+
+def _marks_words(*token_lists: Sequence[str]) -> bool:
+    """Whether any token carries sentencepiece's word-start marker (then the figure says what "·" means)."""
+    return any(WORD_START in token for tokens in token_lists for token in tokens)
 
 
 def _text_style() -> dict:
@@ -114,10 +104,25 @@ def _as_matrix(weights: np.ndarray, source_tokens: Sequence[str], target_tokens:
     return matrix
 
 
-def _needs_rotation(labels: Sequence[str], font_size: float, cell_inches: float) -> bool:
-    """True if the longest label is wider than its heatmap cell, so it must be rotated 90°."""
-    longest = max((len(label) for label in labels), default=0)
-    return longest * font_size * 0.65 / 72.0 > cell_inches
+def _label_inches(label: str, font_size: float) -> float:
+    """About how wide a label is drawn: wide (Hangul, CJK) characters take 1 em, others about 0.6 em."""
+    ems = sum(1.0 if unicodedata.east_asian_width(c) in ("W", "F") else 0.6 for c in label)
+    return ems * font_size / 72.0
+
+
+def _column_layout(labels: Sequence[str], font_size: float, cell_inches: float) -> tuple[float, bool]:
+    """(column width in inches, stagger): columns are as wide as the widest source label, so labels stay horizontal
+    (no 90° rotation: Hangul read sideways is hard to read); when that would make the heatmap wider than
+    MAX_WIDTH_INCHES, labels alternate between two lines and a column needs only half the width."""
+    widest = max((_label_inches(label, font_size) for label in labels), default=0.0) + 0.08
+    if len(labels) * max(cell_inches, widest) <= MAX_WIDTH_INCHES:
+        return max(cell_inches, widest), False
+    return max(cell_inches, widest / 2), True
+
+
+def _staggered(labels: Sequence[str]) -> list[str]:
+    """Every second label one line lower, so that neighbours never overlap."""
+    return [label if index % 2 == 0 else "\n" + label for index, label in enumerate(labels)]
 
 
 def _draw_heatmap(
@@ -126,9 +131,10 @@ def _draw_heatmap(
     source_labels: Sequence[str] | None,
     target_labels: Sequence[str] | None,
     font_size: float,
-    rotate: bool,
+    stagger: bool,
 ):
-    """Draw one heatmap on ``axes``: sources along the top, targets down the side; return the image."""
+    """Draw one heatmap on ``axes``: sources along the top (horizontal, on two alternating lines with ``stagger``),
+    targets down the side; return the image."""
     image = axes.imshow(matrix, cmap=COLOUR_MAP, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
     axes.xaxis.tick_top()
     axes.xaxis.set_label_position("top")
@@ -137,7 +143,8 @@ def _draw_heatmap(
     if source_labels is None:
         axes.tick_params(axis="x", labeltop=False)
     else:
-        axes.set_xticklabels(source_labels, fontsize=font_size, rotation=90 if rotate else 0)
+        axes.set_xticklabels(_staggered(source_labels) if stagger else source_labels, fontsize=font_size,
+                             verticalalignment="bottom")
     if target_labels is None:
         axes.tick_params(axis="y", labelleft=False)
     else:
@@ -164,15 +171,16 @@ def plot_attention(
         target_labels = [_display_token(token) for token in target_tokens]
         font_size = _label_font_size(max(matrix.shape))
         cell = font_size / 72.0 * 2.0
-        rotate = _needs_rotation(source_labels, font_size, cell)
-        width = min(40.0, max(4.0, matrix.shape[1] * cell + 2.5))
-        height = min(40.0, max(3.0, matrix.shape[0] * cell + 1.0))
+        column, stagger = _column_layout(source_labels, font_size, cell)
+        label_width = max((_label_inches(label, font_size) for label in target_labels), default=0.0)
+        width = min(40.0, max(4.0, matrix.shape[1] * column + label_width + 2.0))
+        height = min(40.0, max(3.0, matrix.shape[0] * cell + 1.5))
         figure = Figure(figsize=(width, height))
         axes = figure.add_subplot()
-        image = _draw_heatmap(axes, matrix, source_labels, target_labels, font_size, rotate)
+        image = _draw_heatmap(axes, matrix, source_labels, target_labels, font_size, stagger)
         colour_bar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
         colour_bar.set_label("attention weight")
-        axes.set_xlabel("source")
+        axes.set_xlabel(f"source ({WORD_START_NOTE})" if _marks_words(source_tokens, target_tokens) else "source")
         axes.set_ylabel("target")
         if title:
             axes.set_title(title, pad=12)
@@ -207,8 +215,8 @@ def plot_attention_grid(
         rows = math.ceil(len(checked) / columns)
         font_size = _label_font_size(max(checked[0].shape)) * 0.8
         cell = font_size / 72.0 * 2.0
-        rotate = _needs_rotation(source_labels, font_size, cell)
-        panel_width = max(2.0, len(source_tokens) * cell + 1.2)
+        column, stagger = _column_layout(source_labels, font_size, cell)
+        panel_width = max(2.0, len(source_tokens) * column + 1.2)
         panel_height = max(1.6, len(target_tokens) * cell + 1.2)
         figure = Figure(figsize=(min(60.0, columns * panel_width + 1.0), min(60.0, rows * panel_height)))
         grid = figure.subplots(rows, columns, squeeze=False)
@@ -224,9 +232,11 @@ def plot_attention_grid(
                 source_labels if row == 0 else None,
                 target_labels if column == 0 else None,
                 font_size,
-                rotate,
+                stagger,
             )
             axes.set_title(titles[index], fontsize=font_size + 1, pad=8)
+        if _marks_words(source_tokens, target_tokens):
+            figure.suptitle(WORD_START_NOTE, fontsize=font_size)
         figure.tight_layout()
         colour_bar = figure.colorbar(image, ax=list(grid.flat), fraction=0.02, pad=0.02)
         colour_bar.set_label("attention weight")

@@ -96,12 +96,25 @@ def test_plot_lines_writes_file(tmp_path):
     assert path.stat().st_size > 1000
 
 
-def test_word_start_marker_is_replaced_only_when_no_font_has_it(monkeypatch):
+def test_word_start_marker_is_drawn_as_a_light_mark():
     from attnmt import plotting
 
-    assert plotting._display_token("▁학생") == "▁학생"
-    monkeypatch.setattr(plotting, "_has_glyph", lambda character: False)
-    assert plotting._display_token("▁학생") == "_학생"
+    assert plotting._display_token("▁학생") == "·학생" and plotting._display_token("생") == "생"
+    assert plotting._marks_words(["▁a"], ["b"]) and not plotting._marks_words(["a"], ["b"])
+
+
+def test_source_labels_stay_horizontal_and_alternate_lines_when_crowded():
+    """No 90° rotation: columns widen to fit the widest label; past MAX_WIDTH_INCHES, labels take two lines."""
+    from attnmt import plotting
+
+    few = ["·나는", "·학생", "이다", "."]
+    width, stagger = plotting._column_layout(few, 11.0, 11.0 / 72 * 2)
+    assert not stagger and width >= plotting._label_inches("·학생", 11.0)
+    assert plotting._label_inches("학생", 11.0) > plotting._label_inches("ab", 11.0)  # Hangul is wide
+    many = ["·데이터베이스를"] * 40
+    width, stagger = plotting._column_layout(many, 8.0, 8.0 / 72 * 2)
+    assert stagger and width < plotting._label_inches(many[0], 8.0)
+    assert plotting._staggered(["a", "b", "c"]) == ["a", "\nb", "c"]
 
 
 def test_plotting_leaves_global_font_settings_alone(tmp_path):
