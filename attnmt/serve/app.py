@@ -316,10 +316,10 @@ def _translation_out(result: Translation, with_n_best: bool, with_attention: boo
         fields["target_tokens"] = result.target_tokens_with_eos if result.source_tokens else []
         heads = result.attention_heads  # [L, H, T, S] or None
         fields["attention"] = None if heads is None else _rounded(result.attention) if heads.size else []
-        if heads is not None and heads.shape[0] * heads.shape[1] > 1:
+        if heads is not None and heads.shape[0] * heads.shape[1] > 1:  # an empty text: both empty lists
             fields["attention_heads"] = _rounded(heads) if heads.size else []
-            fields["attention_layer_means"] = [_rounded(attention_view(heads, layer)) if heads.size else []
-                                               for layer in range(1, heads.shape[0] + 1)]
+            fields["attention_layer_means"] = [_rounded(attention_view(heads, layer))
+                                               for layer in range(1, heads.shape[0] + 1)] if heads.size else []
     return TranslationOut(**fields)
 
 

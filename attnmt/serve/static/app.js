@@ -1,7 +1,10 @@
 // attnmt's page: send the text to POST /translate, show the translation, and draw the attention as an SVG heatmap
 // with one <rect class="cell" data-row=i data-col=j> per target token i × source token j. Hovering (or focusing)
 // a target token highlights the source tokens it attends to, with the weight as the highlight's opacity, and the
-// reverse. Plain JavaScript, no libraries: the page works offline.
+// reverse. A model with several attention layers or heads (a Transformer: L decoder layers × H heads) gets a Layer
+// and a Head choice; the page draws the matrix the server sent for that choice (`attention_layer_means[l - 1]` or
+// `attention_heads[l - 1][h - 1]`) and never averages anything itself. Plain JavaScript, no libraries: the page
+// works offline.
 "use strict";
 
 (() => {
@@ -16,7 +19,13 @@
   const result = $("result");
   const heatmap = $("heatmap");
   const detail = $("focus-detail");
+  const viewControls = $("attention-view");
+  const layerSelect = $("attention-layer");
+  const headSelect = $("attention-head");
+  const viewNote = $("attention-view-note");
   let current = null; // the translation on show
+  let shown = null; // the attention matrix on show [T][S]: the chosen layer and head of `current`
+  let layout = { layers: 0, heads: 0 }; // attention layers × heads per layer, from /info (or the last answer)
 
   // Blues, from light to dark: a weight w in [0, 1] → a colour.
   const STOPS = [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
@@ -43,9 +52,17 @@
       const response = await fetch("/info");
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const info = await response.json();
-      $("model-info").textContent =
-        `${info.source_language} → ${info.target_language} · ${info.model_type} (${info.cell}) · ` +
-        `attention: ${info.attention} · vocabularies ${info.source_vocab_size} / ${info.target_vocab_size}`;
+      const model = info.model;
+      const layers = Number(model.attention_layers) || 0, heads = Number(model.attention_heads) || 0;
+      let attention = "";
+      if (layers * heads > 1) {
+        attention = ` · attention: ${model.attention}, ${plural(layers, "layer")} × ${plural(heads, "head")}`;
+      } else if (!/attention/i.test(model.summary)) {
+        attention = ` · attention: ${model.attention}`;
+      }
+      $("model-info").textContent = `${info.source_language} → ${info.target_language} · ${model.summary}` +
+        `${attention} · vocabularies ${info.source_vocab_size} / ${info.target_vocab_size}`;
+      setLayout(layers, heads);
       $("source-lang").textContent = `(${info.source_language})`;
       beamInput.max = info.limits.max_beam_size;
       beamInput.value = info.defaults.beam_size;
@@ -58,6 +75,80 @@
     } catch (error) {
       $("model-info").textContent = `The model's description could not be loaded (${error.message}).`;
     }
+  }
+
+  function plural(count, noun) {
+    return `${count} ${noun}${count === 1 ? "" : "s"}`;
+  }
+
+  // ---- the layer and head choice -------------------------------------------------------------------------------
+
+  function option(value, text) {
+    const element = document.createElement("option");
+    element.value = value;
+    element.textContent = text;
+    return element;
+  }
+
+  function setLayout(layers, heads) {
+    // The choices for L layers × H heads: Layer 1..L (default L, the last), Head "mean of the heads" (default), 1..H.
+    if (layers === layout.layers && heads === layout.heads) return;
+    layout = { layers, heads };
+    const numbers = (count) => Array.from({ length: count }, (_, k) => String(k + 1));
+    layerSelect.replaceChildren(...numbers(layers).map((n) => option(n, n)));
+    layerSelect.value = String(layers);
+    headSelect.replaceChildren(option("mean", "mean of the heads"), ...numbers(heads).map((n) => option(n, n)));
+    headSelect.value = "mean";
+    $("attention-view-hint").textContent = `The decoder attends to the source in each of its ` +
+      `${plural(layers, "attention layer")}, with ${plural(heads, "head")} per layer; by default the page shows ` +
+      "the last layer, averaged over its heads.";
+  }
+
+  function hasViews(translation) {
+    // The server sends every layer and head only when there is more than one (L·H > 1).
+    return Boolean(translation && Array.isArray(translation.attention_heads) &&
+      Array.isArray(translation.attention_layer_means) && translation.attention_heads.length &&
+      (translation.target_tokens || []).length && (translation.source_tokens || []).length);
+  }
+
+  function chosenView() {
+    const layer = Number(layerSelect.value) || layout.layers;
+    const head = headSelect.value === "mean" ? null : Number(headSelect.value);
+    return { layer, head };
+  }
+
+  function viewText({ layer, head }) {
+    return `layer ${layer} of ${layout.layers}, ` +
+      (head === null ? `mean of ${plural(layout.heads, "head")}` : `head ${head} of ${layout.heads}`);
+  }
+
+  function attentionToShow(translation) {
+    // The matrix for the chosen layer and head, as the server computed it; the default view without a choice.
+    if (!hasViews(translation)) return translation.attention;
+    const { layer, head } = chosenView();
+    if (head === null) return translation.attention_layer_means[layer - 1];
+    return (translation.attention_heads[layer - 1] || [])[head - 1];
+  }
+
+  function showView(translation) {
+    // The controls and the note under the heatmap, for a translation with several layers or heads.
+    const views = hasViews(translation);
+    if (views) {
+      const layers = translation.attention_heads.length, heads = (translation.attention_heads[0] || []).length;
+      if (layers !== layout.layers || heads !== layout.heads) setLayout(layers, heads); // /info did not load
+    }
+    const multiple = views && layout.layers * layout.heads > 1;
+    viewControls.hidden = !multiple;
+    viewNote.hidden = !multiple;
+    viewNote.textContent = multiple ? `Shown: ${viewText(chosenView())}.` : "";
+    shown = attentionToShow(translation);
+  }
+
+  function changeView() {
+    if (!current) return;
+    clearFocus();
+    showView(current);
+    renderHeatmap(current, shown);
   }
 
   function positiveInt(input) {
@@ -109,9 +200,10 @@
       `log-probability ${translation.score.toFixed(3)}`;
     renderNBest(translation.n_best || []);
     renderTokens(translation);
+    showView(translation);
     // Measure the heatmap's labels in their real font: a Hangul font may still be loading.
     if (document.fonts && document.fonts.ready) await document.fonts.ready;
-    renderHeatmap(translation);
+    renderHeatmap(translation, shown);
     detail.textContent = "";
   }
 
@@ -154,17 +246,17 @@
     return element;
   }
 
-  function renderHeatmap(translation) {
+  function renderHeatmap(translation, weights) {
+    // `weights` [T][S]: the matrix to draw (the default view, or the chosen layer and head).
     heatmap.replaceChildren();
     heatmap.classList.remove("has-focus");
     const rows = translation.target_tokens || [];
     const cols = translation.source_tokens || [];
-    const weights = translation.attention;
     const note = $("heatmap-note");
     if (!weights || !rows.length || !cols.length) {
       heatmap.setAttribute("hidden", "");
-      note.textContent = weights === null ? "This model has no attention to show."
-        : "Nothing to draw: the text is empty.";
+      note.textContent = translation.attention === null || translation.attention === undefined
+        ? "This model has no attention to show." : "Nothing to draw: the text is empty.";
       return;
     }
     heatmap.removeAttribute("hidden");
@@ -192,7 +284,8 @@
     heatmap.dataset.cols = String(cols.length);
     // The SVG is one image to assistive technology; the token lists above it are the keyboard way in.
     heatmap.setAttribute("aria-label",
-      `Attention heatmap: ${rows.length} target tokens by ${cols.length} source tokens. ` +
+      `Attention heatmap${viewControls.hidden ? "" : ` (${viewText(chosenView())})`}: ` +
+      `${rows.length} target tokens by ${cols.length} source tokens. ` +
       "Focus a token in the lists above to hear what it attends to.");
 
     const labels = svg("g", { class: "labels" }, heatmap);
@@ -249,7 +342,7 @@
   }
 
   function focusRow(i) {
-    const weights = current.attention[i] || [];
+    const weights = shown[i] || [];
     for (const element of result.querySelectorAll(`.tgt[data-row="${i}"], .cell[data-row="${i}"]`)) {
       element.classList.add("active");
     }
@@ -262,14 +355,14 @@
     for (const element of result.querySelectorAll(`.src[data-col="${j}"], .cell[data-col="${j}"]`)) {
       element.classList.add("active");
     }
-    current.target_tokens.forEach((_, i) => link(`.tgt[data-row="${i}"]`, (current.attention[i] || [])[j] || 0));
+    current.target_tokens.forEach((_, i) => link(`.tgt[data-row="${i}"]`, (shown[i] || [])[j] || 0));
     detail.textContent = `Source ${current.source_tokens[j]} is attended to by ` +
-      strongest(current.target_tokens.map((token, i) => [token, (current.attention[i] || [])[j] || 0])) + ".";
+      strongest(current.target_tokens.map((token, i) => [token, (shown[i] || [])[j] || 0])) + ".";
   }
 
   function onFocus(event) {
     const element = event.target.closest && event.target.closest("[data-row], [data-col]");
-    if (!current || !current.attention || !current.attention.length || !element || !result.contains(element)) {
+    if (!current || !shown || !shown.length || !element || !result.contains(element)) {
       clearFocus();
       return;
     }
@@ -279,7 +372,7 @@
     if (row !== undefined && col !== undefined) { // a cell: its target and its source
       focusRow(Number(row));
       result.querySelectorAll(`.src[data-col="${col}"]`).forEach((e) => e.classList.add("active"));
-      const w = Number(current.attention[row][col]) || 0;
+      const w = Number((shown[row] || [])[col]) || 0;
       detail.textContent = `${current.target_tokens[row]} → ${current.source_tokens[col]}: ${w.toFixed(2)}`;
     } else if (row !== undefined) {
       focusRow(Number(row));
@@ -299,6 +392,8 @@
   result.addEventListener("focusin", onFocus);
   result.addEventListener("pointerleave", clearFocus);
   result.addEventListener("focusout", (event) => { if (!result.contains(event.relatedTarget)) clearFocus(); });
+  layerSelect.addEventListener("change", changeView);
+  headSelect.addEventListener("change", changeView);
   form.addEventListener("submit", translate);
   source.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
