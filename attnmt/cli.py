@@ -205,6 +205,22 @@ def command_demo(args) -> None:
           f"      attnmt attention {model_dir} '나는 학생이에요.' -o heatmap.png")
 
 
+def command_data(args) -> None:
+    from attnmt.data.catalog import CORPORA, fetch
+
+    if args.name is not None and args.name not in CORPORA:
+        raise AttnmtError(f"unknown corpus {args.name!r}; choose one of {', '.join(CORPORA)}")
+    if args.name is None:
+        for corpus in CORPORA.values():
+            print(f"{corpus.name}: {corpus.description}\n    licence: {corpus.licence}")
+        return
+    if args.directory is None:
+        raise AttnmtError(f"say where {args.name} goes: attnmt data {args.name} DIR (it writes DIR/{args.name}/)")
+    print(f"attnmt data: {args.name} into {Path(args.directory) / args.name}")
+    folder = fetch(args.name, args.directory, mirror=args.mirror)
+    print(f"done: {folder} (SOURCE.md there says where the files come from and their licence)")
+
+
 def command_study(args) -> None:
     from attnmt.study import run_study
 
@@ -327,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _add_device_argument(serve)
     serve.set_defaults(run=command_serve)
+
+    data = commands.add_parser("data", help="fetch a corpus by name (multi30k, tatoeba-kor-eng, tatoeba-eng-fra, "
+                                             "ko-en-pydocs) into DIR/NAME, checking each file's SHA-256; "
+                                             "without a name: the list")
+    data.add_argument("name", nargs="?", help="the corpus; leave out to list them")
+    data.add_argument("directory", nargs="?", help="where DIR/NAME/ goes, e.g. data")
+    data.add_argument("--mirror", help="fetch each URL's path from this host instead (also ATTNMT_DATA_MIRROR)")
+    data.set_defaults(run=command_data)
 
     demo = commands.add_parser("demo", help="train the seed-001 Korean→English model on the bundled data")
     demo.add_argument("--model-dir", default="runs/demo")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 from attnmt.evaluation import markdown_table
-from report import machine, replace_section
+from report import machine, merged_rows, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ["configs/multi30k_de_en_rnn.yaml", "configs/multi30k_de_en_none.yaml"]
@@ -39,12 +39,7 @@ def measure_one(config_path: str, minutes: float, model_dir: Path) -> dict:
     summary = Trainer(config, model_dir, resume=False, show_progress=False).train()
     translator = Translator.load(model_dir)
     sources, references = zip(*read_corpus(config.data.test))
-    if config.model.type == "transformer":
-        attention = f"{config.model.heads}-head scaled dot (transformer)"
-    else:
-        attention = "none" if not config.model.uses_attention else \
-            f"{config.model.attention.score} ({config.model.decoder_style})"
-    row = {"config": Path(config_path).name, "attention": attention,
+    row = {"config": Path(config_path).name, "attention": translator.describe().summary,
            "parameters": translator.describe().parameters,
            "train_minutes": round(summary["seconds"] / 60, 1), "steps": summary["steps"],
            "epochs": summary["epochs"],
@@ -87,14 +82,6 @@ def write_markdown(results: dict, path: Path) -> None:
         END,
     ])
     replace_section(path, BEGIN, END, section)
-
-
-def merged_rows(json_path: Path, new_rows: list[dict]) -> list[dict]:
-    """Earlier rows of other configs are kept, so configs can be measured in separate runs; a config measured
-    again replaces its row."""
-    old = json.loads(json_path.read_text(encoding="utf-8"))["rows"] if json_path.exists() else []
-    measured = {row["config"] for row in new_rows}
-    return [row for row in old if row["config"] not in measured] + new_rows
 
 
 def main() -> None:

@@ -47,3 +47,11 @@ def publish(results: dict, json_path: str | Path, marker: str, title: str, table
     docs = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
     replace_section(docs, begin, end, f"{begin}\n## {title}\n\n{table}\n{end}")
     print(table)
+
+
+def merged_rows(json_path: Path, new_rows: list[dict], key: str = "config") -> list[dict]:
+    """The rows of `json_path` with `new_rows` put in: earlier rows of other configs are kept, so configs can be
+    measured in separate runs; a config measured again replaces its row."""
+    old = json.loads(Path(json_path).read_text(encoding="utf-8"))["rows"] if Path(json_path).exists() else []
+    measured = {row[key] for row in new_rows}
+    return [row for row in old if row[key] not in measured] + new_rows
