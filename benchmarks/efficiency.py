@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from report import machine, publish
+from report import machine, publish, shared_data_overrides
 
 from attnmt.config import load_config
 from attnmt.training import Trainer
@@ -73,7 +73,7 @@ def measure_config(config_path: str, steps: int, warmup: int, threads: int, prec
     with tempfile.TemporaryDirectory() as model_dir:
         for precision in precisions:
             overrides = {"training.threads": threads, "training.tensorboard": False,
-                         "training.mixed_precision": precision}
+                         "training.mixed_precision": precision, **shared_data_overrides(config_path)}
             config = load_config(config_path, overrides)
             trainers[precision] = Trainer(config, Path(model_dir) / precision, show_progress=False)
         first = trainers[precisions[0]]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 from attnmt.evaluation import markdown_table
-from report import machine, merged_rows, replace_section
+from report import machine, merged_rows, replace_section, shared_data_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ["configs/multi30k_de_en_rnn.yaml", "configs/multi30k_de_en_none.yaml"]
@@ -35,7 +35,8 @@ def measure_one(config_path: str, minutes: float, model_dir: Path) -> dict:
     from attnmt.training import Trainer
     from attnmt.translator import Translator
 
-    config = load_config(config_path, {"training.max_minutes": minutes, "training.tensorboard": False})
+    config = load_config(config_path, {"training.max_minutes": minutes, "training.tensorboard": False,
+                                       **shared_data_overrides(config_path)})
     summary = Trainer(config, model_dir, resume=False, show_progress=False).train()
     translator = Translator.load(model_dir)
     sources, references = zip(*read_corpus(config.data.test))

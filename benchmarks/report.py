@@ -9,6 +9,10 @@ import platform
 from pathlib import Path
 
 import torch
+import yaml
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"  # the corpora beside the repository
+SHARED_FOLDERS = {"tatoeba-kor-eng": "tatoeba", "tatoeba-eng-fra": "tatoeba"}  # `attnmt data` name → folder there
 
 HEADER = "# Benchmarks\n\nEvery number here comes from a command in this repository; rerun it to check.\n"
 
@@ -24,6 +28,22 @@ def machine() -> str:
                 break
     return (f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, "
             f"torch {torch.__version__}, {platform.system()} {platform.machine()}")
+
+
+def shared_data_overrides(config_path: str | Path) -> dict[str, str]:
+    """Config overrides that read the corpora from ../shared/data beside the repository instead of data/, where the
+    shipped configs expect `attnmt data NAME data` to have put them (data/multi30k/train.de →
+    ../shared/data/multi30k/train.de)."""
+    from attnmt.config import resolve_path
+
+    data = (yaml.safe_load(resolve_path(str(config_path)).read_text(encoding="utf-8")) or {}).get("data", {})
+    overrides = {}
+    for split in ("train", "dev", "test"):
+        for key, value in (data.get(split) or {}).items():
+            if isinstance(value, str) and value.startswith("data/"):
+                name, _, rest = value[len("data/"):].partition("/")
+                overrides[f"data.{split}.{key}"] = str(SHARED_DATA / SHARED_FOLDERS.get(name, name) / rest)
+    return overrides
 
 
 def replace_section(path: Path, begin: str, end: str, section: str) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from report import machine, publish
+from report import machine, publish, shared_data_overrides
 
 from attnmt.config import load_config
 from attnmt.training import Trainer
@@ -55,7 +55,8 @@ SCHEMES = {"pytorch": lambda model: None, "glorot": glorot_initialize}
 def dev_losses(config_path: str, scheme: str, steps: int, every: int, threads: int) -> list[dict]:
     """Train `steps` steps with the scheme's initialization; the dev loss every `every` steps."""
     with tempfile.TemporaryDirectory() as model_dir:
-        config = load_config(config_path, {"training.threads": threads, "training.tensorboard": False})
+        config = load_config(config_path, {"training.threads": threads, "training.tensorboard": False,
+                                           **shared_data_overrides(config_path)})
         trainer = Trainer(config, Path(model_dir), show_progress=False)
         SCHEMES[scheme](trainer.model)
         order: list[list[int]] = []
