@@ -2,6 +2,7 @@
 
     MODEL_DIR/
       config.yaml            the validated config
+      examples.txt           a few dev-set source sentences, for the page (`attnmt serve`) to offer
       model.safetensors      the best parameters (by dev BLEU)
       spm.model | src.model + tgt.model
       train_state/           the last step, for `attnmt train --resume`
@@ -27,6 +28,9 @@ from attnmt.errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
+EXAMPLES_FILE = "examples.txt"  # a few dev-set source sentences, one per line: what the page offers to try
+EXAMPLE_COUNT = 8
+EXAMPLE_WORDS = (3, 12)  # an example has this many words, at least and at most
 TRAIN_STATE = "train_state"
 
 
@@ -57,6 +61,22 @@ def atomic_write(path: Path, write) -> None:
 
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_examples(model_dir: Path, sources: list[str]) -> None:
+    """examples.txt: the first EXAMPLE_COUNT distinct sources of EXAMPLE_WORDS words, one per line."""
+    low, high = EXAMPLE_WORDS
+    chosen = list(dict.fromkeys(s.strip() for s in sources if low <= len(s.split()) <= high))[:EXAMPLE_COUNT]
+    write_text(Path(model_dir) / EXAMPLES_FILE, "".join(line + "\n" for line in chosen))
+
+
+def read_examples(model_dir: Path) -> list[str]:
+    """The example sentences of a model directory; none if it has no examples.txt (or it cannot be read)."""
+    try:
+        text = (Path(model_dir) / EXAMPLES_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()][:EXAMPLE_COUNT]
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

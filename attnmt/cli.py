@@ -12,7 +12,7 @@ import yaml
 from attnmt.config import LENGTH_SLACK
 from attnmt.errors import AttnmtError
 
-DEMO_CONFIG = "pkg://configs/ko_en_seed001.yaml"
+DEMO_CONFIG = "pkg://configs/ko_en_demo.yaml"
 DEMO_EXAMPLES = 8
 
 
@@ -171,6 +171,13 @@ def command_attention(args) -> None:
 
 
 def command_demo(args) -> None:
+    """Train the demo's model (its config's step budget, so every machine trains the same model; a wall-clock guard
+    stops a machine far slower than planned, and says so), then show it on the held-out pairs: BLEU, where the
+    attention looks, a few translations and the heatmap of an instructive sentence."""
+    import numpy as np
+    from sacrebleu.metrics import CHRF
+
+    from attnmt.alignment import attention_entropy, instructive_example, last_source_share
     from attnmt.checkpoint import has_train_state
     from attnmt.config import load_config
     from attnmt.evaluation import corpus_scores
@@ -179,30 +186,52 @@ def command_demo(args) -> None:
     from attnmt.translator import Translator
 
     overrides = {"training.max_minutes": args.max_minutes} if args.max_minutes else {}
-    config = load_config(DEMO_CONFIG, overrides)
+    if args.max_steps:
+        overrides["training.max_steps"] = args.max_steps
+    config = load_config(args.config, overrides)
     model_dir = Path(args.model_dir)
     resume = has_train_state(model_dir)
     if resume:
         print(f"{model_dir} already holds this demo's run: continuing it (delete the folder to start over)")
     trainer = Trainer(config, model_dir, resume=resume)
+    budget = config.training
     print(f"attnmt demo: a Korean→English model ({trainer.model.describe().summary}) on Tatoeba kor-eng "
-          f"(CC BY 2.0 FR, tatoeba.org and manythings.org/anki)")
+          f"(CC BY 2.0 FR, tatoeba.org and manythings.org/anki), "
+          + (f"{budget.max_steps} steps" if budget.max_steps else f"{budget.max_epochs} epochs")
+          + (f" (a guard stops it after {budget.max_minutes:g} minutes on a slow machine)" if budget.max_minutes
+             else ""))
     summary = trainer.train()
+    if budget.max_steps and summary["steps"] < budget.max_steps and not trainer.validations.stopped_early:
+        print(f"note: the wall-clock guard ({budget.max_minutes:g} min) stopped training at step {summary['steps']} "
+              f"of {budget.max_steps}: this machine is slower than the demo was sized for, so the figures below are "
+              f"lower than on a faster one (run `attnmt demo` again to continue the run)")
     translator = Translator.load(model_dir)
-    sources, references = zip(*trainer.corpora.test)
-    translations = translator.translate(list(sources), beam_size=config.search.beam_size)
-    scores = corpus_scores([t.text for t in translations], list(references))
+    sources, references = (list(side) for side in zip(*trainer.corpora.test))
+    translations = translator.translate(sources, beam_size=config.search.beam_size)
+    hypotheses = [t.text for t in translations]
+    scores = corpus_scores(hypotheses, references)
     print(f"\nheld-out test ({len(sources)} pairs never seen in training), beam {config.search.beam_size}: "
           f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
-    for source, reference, translation in list(zip(sources, references, translations))[:DEMO_EXAMPLES]:
-        print(f"  ko:  {source}\n  ref: {reference}\n  out: {translation.text}\n")
-    example = max(translations[:DEMO_EXAMPLES], key=lambda t: len(t.source_tokens))
-    heatmap = plot_attention(example.attention, example.source_tokens, example.target_tokens_with_eos,
-                             model_dir / "attention.png", title=f"{sources[translations.index(example)]} → {example.text}")
-    print(f"model: {model_dir}  ({summary['steps']} steps, {summary['seconds'] / 60:.1f} min)\n"
-          f"heatmap: {heatmap}\n"
-          f"try:  attnmt translate {model_dir} <<< '나는 학생이에요.'\n"
-          f"      attnmt attention {model_dir} '나는 학생이에요.' -o heatmap.png")
+    matrices = [t.attention for t in translations if t.attention is not None and t.attention.size]
+    if matrices:
+        print(f"attention: {100 * last_source_share(matrices):.1f}% of target words look hardest at the last source "
+              f"token (a model that has not learned to align rests there), mean entropy "
+              f"{np.mean([attention_entropy(m) for m in matrices]):.2f} nats")
+    for source, reference, hypothesis in list(zip(sources, references, hypotheses))[:DEMO_EXAMPLES]:
+        print(f"  ko:  {source}\n  ref: {reference}\n  out: {hypothesis}\n")
+    print(f"model: {model_dir}  ({summary['steps']} steps, {summary['seconds'] / 60:.1f} min of training)")
+    if matrices:
+        chrf = CHRF()
+        quality = [chrf.sentence_score(h, [r]).score for h, r in zip(hypotheses, references)]
+        shown = [i for i, t in enumerate(translations) if t.attention is not None and t.attention.size]
+        pick = shown[instructive_example(matrices, [quality[i] for i in shown])]
+        example = translations[pick]
+        heatmap = plot_attention(example.attention, example.source_tokens, example.target_tokens_with_eos,
+                                 model_dir / "attention.png", title=f"{sources[pick]} → {example.text}")
+        print(f"heatmap: {heatmap}  (\"{sources[pick]}\": a held-out sentence whose word order changes)")
+    print(f"try:  attnmt translate {model_dir} <<< '나는 학생이에요.'\n"
+          f"      attnmt attention {model_dir} '나는 학생이에요.' -o heatmap.png\n"
+          f"      attnmt serve {model_dir}")
 
 
 def command_data(args) -> None:
@@ -352,9 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--mirror", help="fetch each URL's path from this host instead (also ATTNMT_DATA_MIRROR)")
     data.set_defaults(run=command_data)
 
-    demo = commands.add_parser("demo", help="train the seed-001 Korean→English model on the bundled data")
+    demo = commands.add_parser("demo", help="train a Korean→English model on the bundled data and show where its "
+                                             "attention looks")
     demo.add_argument("--model-dir", default="runs/demo")
-    demo.add_argument("--max-minutes", type=float, help="training budget; default from the demo config")
+    demo.add_argument("--config", default=DEMO_CONFIG,
+                      help="the demo's config (default: the bundled ko_en_demo.yaml; configs/ko_en_seed001.yaml is "
+                           "the model of the study notes, to compare)")
+    demo.add_argument("--max-steps", type=int, help="training steps; default from the config")
+    demo.add_argument("--max-minutes", type=float, help="wall-clock guard; default from the config")
     demo.set_defaults(run=command_demo)
     return parser
 

@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from attnmt import checkpoint
+from attnmt.alignment import attention_entropy
 from attnmt.config import load_config
 from attnmt.data import read_corpora
 from attnmt.errors import ConfigError
@@ -46,12 +47,6 @@ LENGTH_BUCKET = 5  # words per bucket of the BLEU-by-length plot
 MIN_BUCKET_SENTENCES = 20  # smaller buckets are in results.json but not on the plot
 RESULT_FILE = "study_result.json"
 POLL_SECONDS = 10
-
-
-def attention_entropy(weights: np.ndarray) -> float:
-    """Mean over target steps of H(α_t) = −Σ_s α_ts log α_ts (nats): low = focused, log(S) = uniform."""
-    clipped = np.clip(weights, 1e-12, 1.0)
-    return float(np.mean(-(weights * np.log(clipped)).sum(axis=-1)))
 
 
 def _cell_name(overrides: dict) -> str:

@@ -242,7 +242,8 @@ class Trainer:
         self.writer = None
 
     def _new_tokenizer(self) -> Tokenizer:
-        """Train the tokenizer on the training sentences and write config.yaml next to it. In a distributed run the
+        """Train the tokenizer on the training sentences and write config.yaml and examples.txt next to it. In a
+        distributed run the
         main process does, and the others load what it wrote."""
         if not self.dist.is_main:
             self.dist.barrier()  # until the main process has written the tokenizer
@@ -250,6 +251,7 @@ class Trainer:
         sources, targets = zip(*self.corpora.train)
         tokenizer = Tokenizer.train(self.config.tokenizer, list(sources), list(targets), self.model_dir)
         checkpoint.write_text(self.model_dir / checkpoint.CONFIG_FILE, self.config.to_yaml())
+        checkpoint.write_examples(self.model_dir, [source for source, _ in self.corpora.dev])
         self.dist.barrier()
         return tokenizer
 

@@ -78,9 +78,8 @@ def measure_model(model_dir: str, sentences: list[str], references: list[str], w
             f"{way} {r['sentences_per_second']:,.1f} sent/s ({r['speed_up']:.2f}×, {r['translations_that_differ']} "
             f"differ, BLEU {r['bleu']})" for way, r in row["ways"].items()), flush=True)
     translator = translators[WAYS[first][1]]
-    config = translator.config.model
-    kind = config.type if config.type == "transformer" else f"{config.type} {config.cell}"
-    return {"model": model_dir, "kind": kind, "params": translator.describe().parameters,
+    description = translator.describe()
+    return {"model": model_dir, "kind": description.summary, "params": description.parameters,
             "beams": rows}
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from attnmt import checkpoint
 from attnmt.serve import ServeSettings, create_app
 
 CHROMIUM = os.environ.get("ATTNMT_CHROMIUM", "/usr/bin/chromium")
@@ -44,7 +45,8 @@ def server_url(family_model):
     from attnmt.translator import Translator
 
     translator = Translator.load(family_model.model_dir, device="cpu")
-    app = create_app(translator, ServeSettings(max_text_chars=200, max_wait_ms=2))
+    app = create_app(translator, ServeSettings(max_text_chars=200, max_wait_ms=2),
+                     checkpoint.read_examples(family_model.model_dir))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # a free port, held from here on: no race with other processes
@@ -296,3 +298,21 @@ def test_transformer_layer_and_head_choice(page, transformer_model):
         page.focus('#target-tokens .tgt[data-row="1"]')
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "page_transformer_heads.png"), full_page=True)
+
+
+@pytest.mark.parametrize("family_model", ["rnn", "transformer"], indirect=True)
+def test_example_sentences_translate_on_a_click(page, family_model):
+    """The model directory's examples.txt appears as buttons; clicking one fills the text box and translates it,
+    with the source labels of the heatmap upright (columns as wide as the labels) for a short sentence."""
+    examples = checkpoint.read_examples(family_model.model_dir)
+    chips = page.locator("#example-list button.example")
+    assert chips.count() == len(examples) > 0
+    assert [chips.nth(i).inner_text() for i in range(chips.count())] == examples
+    page.evaluate("(() => { const s = document.getElementById('status'); s.textContent = ''; s.className = ''; })()")
+    chips.nth(1).click()
+    page.wait_for_selector("#status:has-text('Translated in')")
+    assert page.input_value("#source") == examples[1]
+    expected = family_model.translator().translate([examples[1]], beam_size=default_beam(page))[0]
+    assert page.inner_text("#translation") == expected.text
+    transforms = page.eval_on_selector_all("#heatmap .label.src", "labels => labels.map(l => l.getAttribute('transform'))")
+    assert transforms and not any("rotate" in t for t in transforms)

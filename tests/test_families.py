@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from attnmt import checkpoint
 from attnmt.cli import main
 from attnmt.errors import AttnmtError, ConfigError
 from attnmt.evaluation import corpus_scores
@@ -173,8 +174,11 @@ def test_serve_info_and_translate(family_model):
     translator = family_model.translator()
     layout = translator.describe()
     texts = held_out(family_model, 4)
-    with TestClient(create_app(translator, ServeSettings(max_wait_ms=1))) as client:
+    examples = checkpoint.read_examples(family_model.model_dir)
+    assert examples and all(3 <= len(e.split()) <= 12 for e in examples)  # training wrote dev sentences to offer
+    with TestClient(create_app(translator, ServeSettings(max_wait_ms=1), examples)) as client:
         info = client.get("/info").json()
+        assert info["examples"] == examples
         assert info["model"]["family"] == layout.family and info["model"]["summary"] == layout.summary
         assert (info["model"]["attention_layers"], info["model"]["attention_heads"]) == \
             (layout.attention_layers, layout.attention_heads)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from attnmt.errors import ConfigError
-from attnmt.study import attention_entropy, grid_cells, run_study
+from attnmt.study import grid_cells, run_study
 
 
 def test_grid_cells_product_then_explicit_cells_with_budget():
@@ -33,11 +33,6 @@ def test_grid_cells_product_then_explicit_cells_with_budget():
 def test_bad_grids_say_what_is_wrong(grid, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         grid_cells(grid, "grid.yaml")
-
-
-def test_attention_entropy_uniform_and_focused():
-    assert attention_entropy(np.full((3, 4), 0.25)) == pytest.approx(np.log(4))
-    assert attention_entropy(np.eye(3)) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_two_cell_study_writes_tables_plots_and_heatmaps(tmp_path, tiny_config_file):

@@ -105,10 +105,10 @@ def test_weights_that_do_not_fit_the_model_raise_checkpoint_error(tmp_path):
 def test_model_directory_holds_safetensors_yaml_and_json_only(reversal_model):
     folder = reversal_model.model_dir
     names = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
-    assert {"config.yaml", "model.safetensors", "spm.model", "validations.jsonl"} <= names
+    assert {"config.yaml", "model.safetensors", "spm.model", "validations.jsonl", "examples.txt"} <= names
     assert {"train_state/model.safetensors", "train_state/optimizer.safetensors", "train_state/rng.safetensors",
             "train_state/state.json"} == {name for name in names if name.startswith("train_state")}
-    allowed = {".yaml", ".json", ".jsonl", ".safetensors", ".model", ".vocab"}
+    allowed = {".yaml", ".json", ".jsonl", ".safetensors", ".model", ".vocab", ".txt"}
     assert {Path(name).suffix for name in names} <= allowed, names
     for path in folder.rglob("*"):
         if path.is_file():

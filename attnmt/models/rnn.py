@@ -271,9 +271,10 @@ class RNNSeq2Seq(nn.Module):
 
     def describe(self) -> ModelDescription:
         c = self.config
-        directions = "bidirectional " if c.bidirectional else ""
+        cell, encoder = c.cell.upper(), c.encoder_hidden_size or c.hidden_size
         attention = c.attention.score if c.uses_attention else "none"
-        summary = (f"{directions}{c.cell.upper()} {c.hidden_size}, "
+        encoder_text = f"bidirectional {cell} encoder 2 × {encoder}" if c.bidirectional else f"{cell} encoder {encoder}"
+        summary = (f"{encoder_text}, {cell} decoder {c.hidden_size}, "
                    + (f"{attention} attention, {c.decoder_style.capitalize()} style" if c.uses_attention
                       else "no attention (a fixed context vector)"))
         layers = 1 if c.uses_attention else 0

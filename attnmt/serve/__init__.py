@@ -66,11 +66,12 @@ class ServeSettings(BaseModel):
             raise AttnmtError(f"bad serve option: {problems}") from None
 
 
-def create_app(translator: "Translator", settings: ServeSettings | None = None) -> "FastAPI":
+def create_app(translator: "Translator", settings: ServeSettings | None = None, examples: list[str] | None = None
+               ) -> "FastAPI":
     """The FastAPI app serving `translator` (see `attnmt.serve.app.create_app`)."""
     from attnmt.serve.app import create_app as _create_app
 
-    return _create_app(translator, settings)
+    return _create_app(translator, settings, examples)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -94,12 +95,13 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sett
     bf16 | fp16), and serve it until interrupted (Ctrl-C)."""
     import uvicorn
 
+    from attnmt import checkpoint
     from attnmt.translator import Translator
 
     settings = settings or ServeSettings()
     translator = Translator.load(model_dir, device, mixed_precision)  # CheckpointError (an AttnmtError) for a bad directory
     _check_port_free(host, port)
-    app = create_app(translator, settings)
+    app = create_app(translator, settings, checkpoint.read_examples(model_dir))
     batching = (f"batches of up to {settings.max_batch_size} texts, {settings.max_wait_ms:g} ms wait"
                 if settings.batching else "no batching")
     shown_host = f"[{host}]" if ":" in host else host

@@ -128,6 +128,7 @@ class InfoResponse(BaseModel):
     name: str
     model: ModelInfo
     device: str = Field(description="where the model translates: cpu, cuda:0, ...")
+    examples: list[str] = Field(description="a few source sentences to try (the model directory's examples.txt)")
     source_language: str
     target_language: str
     source_vocab_size: int
@@ -325,9 +326,10 @@ def _translation_out(result: Translation, with_n_best: bool, with_attention: boo
 
 # ---- the app ------------------------------------------------------------------------------------------------------
 
-def create_app(translator: Translator, settings: ServeSettings | None = None) -> FastAPI:
-    """A FastAPI app serving `translator`; the batcher starts and stops with the app's lifespan (use
-    `with TestClient(app)` in tests, so that startup and shutdown run)."""
+def create_app(translator: Translator, settings: ServeSettings | None = None, examples: list[str] | None = None
+               ) -> FastAPI:
+    """A FastAPI app serving `translator`, offering `examples` on the page; the batcher starts and stops with the
+    app's lifespan (use `with TestClient(app)` in tests, so that startup and shutdown run)."""
     settings = settings or ServeSettings()
     config = translator.config
     model = translator.describe()
@@ -405,6 +407,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
 
     info = InfoResponse(
         name=config.name, model=ModelInfo(**model.as_dict()), device=str(translator.device),
+        examples=list(examples or []),
         source_language=config.data.src_lang, target_language=config.data.tgt_lang,
         source_vocab_size=translator.tokenizer.src_vocab_size, target_vocab_size=translator.tokenizer.tgt_vocab_size,
         defaults={"beam_size": defaults.beam_size, "n_best": defaults.n_best,

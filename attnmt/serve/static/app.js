@@ -72,9 +72,28 @@
       const tgtLang = languageTag(info.target_language);
       if (srcLang) { source.lang = srcLang; $("source-tokens").lang = srcLang; }
       if (tgtLang) { $("translation").lang = tgtLang; $("target-tokens").lang = tgtLang; $("nbest").lang = tgtLang; }
+      renderExamples(info.examples || [], srcLang);
     } catch (error) {
       $("model-info").textContent = `The model's description could not be loaded (${error.message}).`;
     }
+  }
+
+  // Example sentences (the model directory's examples.txt): a click puts one in the text box and translates it.
+  function renderExamples(examples, lang) {
+    const list = $("example-list");
+    list.replaceChildren(...examples.map((text) => {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "example";
+      chip.textContent = text;
+      if (lang) chip.lang = lang;
+      chip.addEventListener("click", () => {
+        source.value = text;
+        form.requestSubmit();
+      });
+      return chip;
+    }));
+    $("examples").hidden = examples.length === 0;
   }
 
   function plural(count, noun) {
@@ -262,21 +281,26 @@
     heatmap.removeAttribute("hidden");
     note.textContent = "";
     const longest = Math.max(rows.length, cols.length);
-    const cell = longest > 40 ? 16 : longest > 20 ? 24 : 32;
+    const cellHeight = longest > 40 ? 18 : longest > 20 ? 28 : 40;
 
-    // Measure the labels, then lay out: target labels on the left, source labels slanted on top.
+    // Measure the labels, then lay out: target labels on the left, source labels on top. Columns widen to the widest
+    // source label so that labels stay horizontal (Hangul read sideways is hard to read); only when that would not
+    // fit the page do the columns stay square and the labels slant.
     const probe = svg("text", {}, heatmap);
     const width = (token) => { probe.textContent = token; return probe.getComputedTextLength(); };
     const rowWidth = Math.max(...rows.map(width));
     const colWidth = Math.max(...cols.map(width));
     probe.remove();
-    const upright = colWidth <= cell - 4; // short source tokens stand upright over their column, long ones slant
-    const slant = Math.SQRT1_2; // 45°
     const left = Math.ceil(rowWidth) + 16;
-    const top = upright ? 24 : Math.ceil(colWidth * slant) + 18;
+    const room = Math.max(480, (heatmap.parentElement.clientWidth || 960) - left - 8);
+    const widened = Math.max(cellHeight, Math.ceil(colWidth) + 12);
+    const upright = cols.length * widened <= room;
+    const cellWidth = upright ? widened : cellHeight;
+    const slant = Math.SQRT1_2; // 45°
+    const top = upright ? 26 : Math.ceil(colWidth * slant) + 18;
     const right = upright ? 4 : Math.ceil(colWidth * slant) + 8;
-    const totalWidth = left + cols.length * cell + right;
-    const totalHeight = top + rows.length * cell + 4;
+    const totalWidth = left + cols.length * cellWidth + right;
+    const totalHeight = top + rows.length * cellHeight + 4;
     heatmap.setAttribute("width", totalWidth);
     heatmap.setAttribute("height", totalHeight);
     heatmap.setAttribute("viewBox", `0 0 ${totalWidth} ${totalHeight}`);
@@ -290,7 +314,7 @@
 
     const labels = svg("g", { class: "labels" }, heatmap);
     cols.forEach((token, j) => {
-      const x = left + j * cell + cell / 2;
+      const x = left + j * cellWidth + cellWidth / 2;
       const w = width(token);
       const group = svg("g", { class: "label src", "data-col": j,
         transform: upright ? `translate(${x - w / 2}, ${top - 8})` : `translate(${x}, ${top - 6}) rotate(-45)` },
@@ -299,7 +323,7 @@
       svg("text", { x: 0, y: 0 }, group).textContent = token;
     });
     rows.forEach((token, i) => {
-      const y = top + i * cell + cell / 2;
+      const y = top + i * cellHeight + cellHeight / 2;
       const group = svg("g", { class: "label tgt", "data-row": i, transform: `translate(${left - 8}, ${y})` },
         labels);
       svg("rect", { class: "label-bg", x: -(width(token) + 4), y: -9, width: width(token) + 8, height: 18, rx: 3 },
@@ -312,7 +336,8 @@
       cols.forEach((sourceToken, j) => {
         const w = Number(weights[i] && weights[i][j]) || 0;
         const rect = svg("rect", { class: "cell", "data-row": i, "data-col": j, "data-weight": w.toFixed(4),
-          x: left + j * cell, y: top + i * cell, width: cell, height: cell, fill: colour(w) }, grid);
+          x: left + j * cellWidth, y: top + i * cellHeight, width: cellWidth, height: cellHeight, fill: colour(w) },
+          grid);
         svg("title", {}, rect).textContent = `${target} → ${sourceToken}: ${w.toFixed(2)}`;
       });
     });
