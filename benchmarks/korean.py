@@ -20,13 +20,12 @@ import argparse
 import json
 import re
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from attnmt.evaluation import markdown_table
-from report import machine, merged_rows, replace_section
+from report import replace_section, run_each_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ["configs/ko_en_pydocs_rnn.yaml", "configs/ko_en_pydocs_transformer.yaml"]
@@ -175,23 +174,8 @@ def main() -> None:
     if not (args.data / "train.ko").is_file():
         sys.exit(f"ko-en-pydocs not found at {args.data}: fetch it with `attnmt data ko-en-pydocs DIR` and pass "
                  f"--data DIR/ko-en-pydocs")
-    command = "python " + " ".join(["benchmarks/korean.py"] + sys.argv[1:])
-    rows = []
-    for config in args.configs:
-        model_dir = Path(args.work_dir) / Path(config).stem
-        if model_dir.exists():
-            sys.exit(f"{model_dir} exists: remove it or pass another --work-dir (nothing was overwritten)")
-        print(f"training {config} for {args.minutes} minutes into {model_dir} ...", flush=True)
-        output = subprocess.run([sys.executable, __file__, "--one", config, "--minutes", str(args.minutes),
-                                 "--work-dir", str(model_dir), "--data", str(args.data)],
-                                check=True, capture_output=True, text=True).stdout
-        row = json.loads(output.strip().splitlines()[-1])
-        rows.append({**row, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
-        print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
-    json_path = Path(args.json)
-    results = {"machine": machine(), "rows": merged_rows(json_path, rows)}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+    results = run_each_config(__file__, args.configs, args.minutes, args.work_dir, args.json,
+                              ["--data", str(args.data)])
     write_markdown(results, Path(args.markdown))
     print(markdown_table(results["rows"], COLUMNS))
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 
 from attnmt.evaluation import markdown_table
-from report import machine, merged_rows, replace_section, shared_data_overrides
+from report import replace_section, run_each_config, shared_data_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ["configs/multi30k_de_en_rnn.yaml", "configs/multi30k_de_en_none.yaml"]
@@ -99,22 +98,7 @@ def main() -> None:
         return
     if not DATA.is_dir():
         sys.exit(f"Multi30k not found at {DATA}: this benchmark reads ../shared/data/multi30k beside the repository")
-    command = "python " + " ".join(["benchmarks/multi30k.py"] + sys.argv[1:])
-    rows = []
-    for config in args.configs:
-        model_dir = Path(args.work_dir) / Path(config).stem
-        if model_dir.exists():
-            sys.exit(f"{model_dir} exists: remove it or pass another --work-dir (nothing was overwritten)")
-        print(f"training {config} for {args.minutes} minutes into {model_dir} ...", flush=True)
-        output = subprocess.run([sys.executable, __file__, "--one", config, "--minutes", str(args.minutes),
-                                 "--work-dir", str(model_dir)], check=True, capture_output=True, text=True).stdout
-        row = json.loads(output.strip().splitlines()[-1])
-        rows.append({**row, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
-        print(json.dumps(rows[-1]), flush=True)
-    json_path = Path(args.json)
-    results = {"machine": machine(), "rows": merged_rows(json_path, rows)}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    results = run_each_config(__file__, args.configs, args.minutes, args.work_dir, args.json)
     write_markdown(results, Path(args.markdown))
     print(markdown_table(results["rows"], COLUMNS))
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -75,3 +78,28 @@ def merged_rows(json_path: Path, new_rows: list[dict], key: str = "config") -> l
     old = json.loads(Path(json_path).read_text(encoding="utf-8"))["rows"] if Path(json_path).exists() else []
     measured = {row[key] for row in new_rows}
     return [row for row in old if row[key] not in measured] + new_rows
+
+
+def run_each_config(script: str, configs: list[str], minutes: float, work_dir: str | Path, json_path: str | Path,
+                    extra: list[str] | None = None) -> dict:
+    """Train and measure each config for `minutes` in a process of its own, one after the other (so its peak memory
+    is its own and no two share the cores): `python SCRIPT --one CONFIG --minutes M --work-dir DIR/STEM [extra]`,
+    which prints its row as JSON last. Returns {"machine", "rows"} with the rows merged into `json_path`'s and
+    written there."""
+    command = "python " + " ".join([f"benchmarks/{Path(script).name}"] + sys.argv[1:])
+    rows = []
+    for config in configs:
+        model_dir = Path(work_dir) / Path(config).stem
+        if model_dir.exists():
+            sys.exit(f"{model_dir} exists: remove it or pass another --work-dir (nothing was overwritten)")
+        print(f"training {config} for {minutes} minutes into {model_dir} ...", flush=True)
+        output = subprocess.run([sys.executable, script, "--one", config, "--minutes", str(minutes),
+                                 "--work-dir", str(model_dir), *(extra or [])],
+                                check=True, capture_output=True, text=True).stdout
+        row = json.loads(output.strip().splitlines()[-1])
+        rows.append({**row, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+        print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
+    results = {"machine": machine(), "rows": merged_rows(json_path, rows)}
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+    return results
