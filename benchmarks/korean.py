@@ -16,7 +16,6 @@ ko-en-pydocs DIR` fetches it).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import resource
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 from attnmt.evaluation import markdown_table
-from report import replace_section, run_each_config
+from report import budget_parser, replace_section, run_each_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ["configs/ko_en_pydocs_rnn.yaml", "configs/ko_en_pydocs_transformer.yaml"]
@@ -159,14 +158,8 @@ def write_markdown(results: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
-    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per config")
+    parser = budget_parser(__doc__, DEFAULT_CONFIGS, "runs/benchmark_korean", "benchmarks/results/korean.json")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the ko-en-pydocs folder")
-    parser.add_argument("--work-dir", default="runs/benchmark_korean")
-    parser.add_argument("--json", default="benchmarks/results/korean.json")
-    parser.add_argument("--markdown", default="docs/benchmarks.md")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config in this process
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_one(args.one, args.minutes, Path(args.work_dir), args.data)))

@@ -10,7 +10,6 @@ benchmarks/results/multi30k.json and to the Multi30k section of docs/benchmarks.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 
 from attnmt.evaluation import markdown_table
-from report import replace_section, run_each_config, shared_data_overrides
+from report import budget_parser, replace_section, run_each_config, shared_data_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ["configs/multi30k_de_en_rnn.yaml", "configs/multi30k_de_en_none.yaml"]
@@ -85,14 +84,8 @@ def write_markdown(results: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
-    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per config")
-    parser.add_argument("--work-dir", default="runs/benchmark_multi30k")
-    parser.add_argument("--json", default="benchmarks/results/multi30k.json")
-    parser.add_argument("--markdown", default="docs/benchmarks.md")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config in this process
-    args = parser.parse_args()
+    args = budget_parser(__doc__, DEFAULT_CONFIGS, "runs/benchmark_multi30k", "benchmarks/results/multi30k.json"
+                         ).parse_args()
     if args.one:
         print(json.dumps(measure_one(args.one, args.minutes, Path(args.work_dir))))
         return

@@ -3,6 +3,7 @@ docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -103,3 +104,15 @@ def run_each_config(script: str, configs: list[str], minutes: float, work_dir: s
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     Path(json_path).write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
     return results
+
+
+def budget_parser(doc: str, configs: list[str], work_dir: str, json_path: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that trains each config for a budget (`run_each_config`)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=configs)
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per config")
+    parser.add_argument("--work-dir", default=work_dir)
+    parser.add_argument("--json", default=json_path)
+    parser.add_argument("--markdown", default="docs/benchmarks.md")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config in this process
+    return parser
