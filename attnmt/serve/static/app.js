@@ -209,7 +209,14 @@
     }
   }
 
-  async function render(translation) {
+  // sentencepiece's word-start piece "▁" is drawn as a light "·" (as in attnmt's PNG heatmaps, attnmt/plotting.py).
+  const WORD_START = /\u2581/g;
+  const WORD_START_MARK = "\u00b7";
+  const shownToken = (token) => token.replace(WORD_START, WORD_START_MARK);
+
+  async function render(received) {
+    const translation = { ...received, source_tokens: (received.source_tokens || []).map(shownToken),
+                          target_tokens: (received.target_tokens || []).map(shownToken) };
     current = translation;
     result.hidden = false;
     const text = $("translation");
