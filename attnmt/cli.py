@@ -177,7 +177,7 @@ def command_demo(args) -> None:
     import numpy as np
     from sacrebleu.metrics import CHRF
 
-    from attnmt.alignment import attention_entropy, instructive_example, last_source_share
+    from attnmt.alignment import attention_entropy, crossings, instructive_example, last_source_share
     from attnmt.checkpoint import has_train_state
     from attnmt.config import load_config
     from attnmt.evaluation import corpus_scores
@@ -191,9 +191,9 @@ def command_demo(args) -> None:
     config = load_config(args.config, overrides)
     model_dir = Path(args.model_dir)
     resume = has_train_state(model_dir)
+    trainer = Trainer(config, model_dir, resume=resume)
     if resume:
         print(f"{model_dir} already holds this demo's run: continuing it (delete the folder to start over)")
-    trainer = Trainer(config, model_dir, resume=resume)
     budget = config.training
     print(f"attnmt demo: a Korean→English model ({trainer.model.describe().summary}) on Tatoeba kor-eng "
           f"(CC BY 2.0 FR, tatoeba.org and manythings.org/anki), "
@@ -212,7 +212,8 @@ def command_demo(args) -> None:
     scores = corpus_scores(hypotheses, references)
     print(f"\nheld-out test ({len(sources)} pairs never seen in training), beam {config.search.beam_size}: "
           f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
-    matrices = [t.attention for t in translations if t.attention is not None and t.attention.size]
+    shown = [i for i, t in enumerate(translations) if t.attention is not None and t.attention.size]
+    matrices = [translations[i].attention for i in shown]
     if matrices:
         print(f"attention: {100 * last_source_share(matrices):.1f}% of target words look hardest at the last source "
               f"token (a model that has not learned to align rests there), mean entropy "
@@ -223,12 +224,12 @@ def command_demo(args) -> None:
     if matrices:
         chrf = CHRF()
         quality = [chrf.sentence_score(h, [r]).score for h, r in zip(hypotheses, references)]
-        shown = [i for i, t in enumerate(translations) if t.attention is not None and t.attention.size]
         pick = shown[instructive_example(matrices, [quality[i] for i in shown])]
         example = translations[pick]
         heatmap = plot_attention(example.attention, example.source_tokens, example.target_tokens_with_eos,
                                  model_dir / "attention.png", title=f"{sources[pick]} → {example.text}")
-        print(f"heatmap: {heatmap}  (\"{sources[pick]}\": a held-out sentence whose word order changes)")
+        why = "whose word order changes" if crossings(example.attention) else "of several words"
+        print(f"heatmap: {heatmap}  (\"{sources[pick]}\": a held-out sentence {why})")
     print(f"try:  attnmt translate {model_dir} <<< '나는 학생이에요.'\n"
           f"      attnmt attention {model_dir} '나는 학생이에요.' -o heatmap.png\n"
           f"      attnmt serve {model_dir}")

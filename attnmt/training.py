@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from attnmt import checkpoint, devices, distributed
-from attnmt.config import Config, TrainingConfig
+from attnmt.config import Config, TrainingConfig, load_config
 from attnmt.data import Batch, ParallelData, Tokenizer, read_corpora
 from attnmt.data.tokenizer import PAD_ID
 from attnmt.errors import CheckpointError, ConfigError
@@ -214,6 +214,8 @@ class Trainer:
         if not resume and saved:
             raise CheckpointError(f"{self.model_dir} already holds a training run; continue it with --resume, "
                                   f"or choose another model directory (nothing was overwritten)")
+        if resume:
+            self._check_same_model()
         torch.manual_seed(self.settings.seed)
         self.corpora = read_corpora(config)
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -240,6 +242,24 @@ class Trainer:
                 self.scaler.load_state_dict(saved["grad_scaler"])
         self.network = self.dist.wrap(self.model)  # what training calls; DDP all-reduces the gradients in backward
         self.writer = None
+
+    def _check_same_model(self) -> None:
+        """A run resumes with the model and vocabulary it was started with: a config whose `model` or `tokenizer`
+        section differs from the saved config.yaml's is a `CheckpointError` (before anything is loaded)."""
+        path = self.model_dir / checkpoint.CONFIG_FILE
+        if not path.is_file():
+            return  # a crash before config.yaml was written; loading the state says what is missing
+        saved = load_config(path)
+        for section in ("model", "tokenizer"):
+            before = getattr(saved, section).model_dump(mode="json")
+            now = getattr(self.config, section).model_dump(mode="json")
+            differences = [f"{section}.{key}: {before.get(key)!r} there, {now.get(key)!r} here"
+                           for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key)]
+            if differences:
+                raise CheckpointError(
+                    f"{self.model_dir} holds a run of another {section} ({'; '.join(differences)}); resume it with "
+                    f"its own config ({path}), or start this one in another model directory (nothing was "
+                    f"overwritten)")
 
     def _new_tokenizer(self) -> Tokenizer:
         """Train the tokenizer on the training sentences and write config.yaml and examples.txt next to it. In a

@@ -20,6 +20,7 @@ docs/benchmarks.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ class Translation:
     score: float  # model log-probability Σ log p(y_t | y_<t, x)
     n_best: list["Translation"] = field(default_factory=list)  # all hypotheses asked for, best first (self included)
 
-    @property
+    @cached_property
     def attention(self) -> np.ndarray | None:
         """The default view [len(tokens) + 1, len(source_tokens)]: the last layer, averaged over its heads."""
         return None if self.attention_heads is None else attention_view(self.attention_heads)
@@ -166,10 +167,12 @@ class Translator:
                 best = translations[0]
                 best.n_best = translations
                 results[i] = best
-        layout = self.describe()
-        empty_heads = np.zeros((layout.attention_layers, layout.attention_heads, 0, 0), dtype=np.float32)
-        for i, result in enumerate(results):
-            if result is None:
-                results[i] = Translation("", [], [], empty_heads if attention and layout.has_attention else None, 0.0)
         self.model.train(was_training)
-        return results
+        return [result if result is not None else self._empty_translation(attention) for result in results]
+
+    def _empty_translation(self, attention: bool) -> Translation:
+        """The translation of an empty sentence: no tokens, and (with attention) an empty [L, H, 0, 0] of the
+        model's layout."""
+        layout = self.describe()
+        heads = np.zeros((layout.attention_layers, layout.attention_heads, 0, 0), dtype=np.float32)
+        return Translation("", [], [], heads if attention and layout.has_attention else None, 0.0)

@@ -157,3 +157,12 @@ def test_cli_lists_the_corpora_and_refuses_unknown_names(capsys, tmp_path):
     assert main(["data", "wmt14", str(tmp_path)]) == 2
     assert "unknown corpus 'wmt14'; choose one of multi30k" in capsys.readouterr().err
     assert not (tmp_path / "wmt14").exists()
+
+
+def test_a_bad_mirror_or_an_unwritable_file_is_an_error_not_a_traceback(tmp_path):
+    with pytest.raises(AttnmtError, match="cannot download not-a-url/.*run the command again"):
+        fetch("multi30k", tmp_path, mirror="not-a-url", say=lambda _: None)
+    (tmp_path / "tatoeba-kor-eng" / "kor-eng.tsv").mkdir(parents=True)  # a folder where the file goes
+    with pytest.raises(AttnmtError, match=r"cannot write .*kor-eng\.tsv"):
+        fetch("tatoeba-kor-eng", tmp_path, say=lambda _: None)
+    assert not list((tmp_path / "tatoeba-kor-eng").glob(".*.part"))

@@ -172,6 +172,20 @@ def test_training_into_an_existing_run_without_resume_overwrites_nothing(tiny_co
     assert snapshot(folder) == before
 
 
+def test_resuming_with_another_model_or_vocabulary_is_an_error_that_overwrites_nothing(tiny_config, tmp_path):
+    """E.g. `attnmt demo` on a runs/demo left by an older demo config: a message naming what differs, no traceback."""
+    folder = tmp_path / "run"
+    train(tiny_config(folder, {"training.max_steps": 2}), show_progress=False)
+    before = snapshot(folder)
+    for key, value, named in (("model.hidden_size", 16, "model.hidden_size: 32 there, 16 here"),
+                              ("tokenizer.vocab_size", 20, "tokenizer.vocab_size: 16 there, 20 here")):
+        with pytest.raises(CheckpointError, match="holds a run of another") as caught:
+            Trainer(tiny_config(folder, {"training.max_steps": 4, key: value}), resume=True, show_progress=False)
+        assert named in str(caught.value) and "nothing was overwritten" in str(caught.value)
+    assert snapshot(folder) == before
+    Trainer(tiny_config(folder, {"training.max_steps": 4}), resume=True, show_progress=False)  # a longer budget: fine
+
+
 def test_a_crash_while_swapping_states_still_resumes_and_still_protects_the_run(tiny_config, tmp_path):
     """save_train_state moves train_state/ to train_state.old/ before it renames the new one into place; a crash
     between the two renames leaves only train_state.old/, which `load_train_state` accepts."""

@@ -160,7 +160,7 @@ def _download(url: str, mirror: str | None) -> bytes:
             data = response.read()
     except urllib.error.HTTPError as error:
         reason = f"HTTP {error.code} {error.reason}"
-    except (urllib.error.URLError, OSError) as error:
+    except (urllib.error.URLError, OSError, ValueError) as error:  # ValueError: not a URL (a bad --mirror)
         reason = getattr(error, "reason", error)
     else:
         return data
@@ -201,8 +201,13 @@ def _sha256(data: bytes) -> str:
 def _write(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: never a half-written `path`."""
     temporary = path.with_name(f".{path.name}.part")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise AttnmtError(f"cannot write {path} ({error.strerror}); free some space or choose a folder you can "
+                          f"write to, and run the command again: files already fetched are kept") from None
 
 
 def fetch(name: str, directory: str | Path, mirror: str | None = None, corpus: Corpus | None = None,
@@ -225,7 +230,7 @@ def fetch(name: str, directory: str | Path, mirror: str | None = None, corpus: C
     downloads: dict = {}  # URL → its bytes; shipped archive → {member: bytes}
     for file in corpus.files:
         target = folder / file.name
-        if target.is_file() and _sha256(target.read_bytes()) == file.sha256:
+        if target.is_file() and os.access(target, os.R_OK) and _sha256(target.read_bytes()) == file.sha256:
             say(f"  {target}: already there, checksum right")
             continue
         origin = file.url or f"attnmt's {file.shipped}"

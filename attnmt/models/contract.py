@@ -21,35 +21,37 @@ States and memories are dicts of batch-first tensors, so beam search reorders an
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 import torch
+from pydantic import Field
 
 State = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class ModelDescription:
-    """A model described without knowing its family: for `/info`, the page, the study tables and the CLI."""
+    """A model described without knowing its family: for `/info` (whose schema takes these descriptions), the page,
+    the study tables and the CLI."""
 
-    family: str  # the config's `model.type`: rnn | transformer
-    summary: str  # one line for people, e.g. "bidirectional GRU 512, additive attention, Luong style"
-    attention: str  # the attention score (e.g. additive, scaled_dot), or none
-    attention_layers: int  # L of the attention layout [.., L, H, S]; 0 without attention
-    attention_heads: int  # H, heads per attention layer; 0 without attention
+    family: Annotated[str, Field(description="the config's model.type: rnn or transformer")]
+    summary: Annotated[str, Field(description="one line for people, e.g. \"bidirectional GRU encoder 2 × 256, GRU "
+                                              "decoder 512, additive attention, Luong style\"")]
+    attention: Annotated[str, Field(description="the attention score (e.g. additive, scaled_dot), or none")]
+    attention_layers: Annotated[int, Field(description="L of the attention layout [.., L, H, S] (an RNN: 1, a "
+                                                       "Transformer: its decoder layers); 0 without attention")]
+    attention_heads: Annotated[int, Field(description="H, heads per attention layer; 0 without attention")]
     encoder_layers: int
     decoder_layers: int
-    hidden_size: int  # the decoder's state size (RNN) or d_model (Transformer)
+    hidden_size: Annotated[int, Field(description="the decoder's state size (RNN) or d_model (Transformer)")]
     parameters: int
-    settings: dict[str, Any] = field(default_factory=dict)  # the model section of the config, as validated
+    settings: Annotated[dict[str, Any], Field(description="the model section of the config, as validated")] = \
+        field(default_factory=dict)
 
     @property
     def has_attention(self) -> bool:
         return self.attention_layers > 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @runtime_checkable

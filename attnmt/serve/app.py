@@ -31,6 +31,7 @@ import attnmt
 from attnmt import fonts
 from attnmt.config import SearchConfig
 from attnmt.errors import ConfigError
+from attnmt.models import ModelDescription
 from attnmt.serve import ServeSettings
 from attnmt.serve.batcher import Batcher, BatcherClosed, QueueFull
 from attnmt.translator import Translation, Translator, attention_view
@@ -108,25 +109,9 @@ class HealthResponse(BaseModel):
     batching: dict[str, Any]
 
 
-class ModelInfo(BaseModel):
-    """`attnmt.models.contract.ModelDescription`: the model in terms every family shares."""
-
-    family: str = Field(description="the config's model.type: rnn or transformer")
-    summary: str = Field(description="one line for people")
-    attention: str = Field(description="the attention score (e.g. `additive`, `scaled_dot`), or `none`")
-    attention_layers: int = Field(description="attention layers (an RNN: 1, a Transformer: its decoder layers); "
-                                              "0 without attention")
-    attention_heads: int = Field(description="heads per attention layer; 0 without attention")
-    encoder_layers: int
-    decoder_layers: int
-    hidden_size: int
-    parameters: int
-    settings: dict[str, Any] = Field(description="the config's model section")
-
-
 class InfoResponse(BaseModel):
     name: str
-    model: ModelInfo
+    model: ModelDescription
     device: str = Field(description="where the model translates: cpu, cuda:0, ...")
     examples: list[str] = Field(description="a few source sentences to try (the model directory's examples.txt)")
     source_language: str
@@ -406,7 +391,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
                               batching=batcher.stats.as_dict())
 
     info = InfoResponse(
-        name=config.name, model=ModelInfo(**model.as_dict()), device=str(translator.device),
+        name=config.name, model=model, device=str(translator.device),
         examples=list(examples or []),
         source_language=config.data.src_lang, target_language=config.data.tgt_lang,
         source_vocab_size=translator.tokenizer.src_vocab_size, target_vocab_size=translator.tokenizer.tgt_vocab_size,
