@@ -8,6 +8,8 @@ ATTNMT=${ATTNMT:-.venv/bin/attnmt}
 PYTHON=${PYTHON:-.venv/bin/python}
 grids=(scorers decoders normalizers)
 if [[ "${1:-}" == "--reverse" ]]; then grids=(normalizers decoders scorers); fi
+[[ -f data/multi30k/train.de ]] || "$ATTNMT" data multi30k data
+[[ -f data/tatoeba-eng-fra/eng-fra.tsv ]] || "$ATTNMT" data tatoeba-eng-fra data
 [[ -f runs/data/tatoeba_en_fr_long/train.en ]] || "$PYTHON" studies/tatoeba_long_split.py
 for dataset in multi30k_de_en tatoeba_en_fr_long; do
   for grid in "${grids[@]}"; do

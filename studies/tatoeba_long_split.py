@@ -3,7 +3,7 @@
 Train on short sentences only (English source of at most SHORT words), test on a held-out sample spread over
 lengths up to the longest in the corpus, so BLEU by source length shows how each model extrapolates:
 
-    python studies/tatoeba_long_split.py              # reads ../shared/data/tatoeba/eng-fra.tsv
+    python studies/tatoeba_long_split.py              # reads data/tatoeba-eng-fra/eng-fra.tsv
     attnmt study studies/tatoeba_en_fr_long.yaml --grid studies/scorers.yaml --out docs/studies/tatoeba_long/scorers
 
 Writes OUT/{train,dev,test}.{en,fr} and OUT/split.json (counts per length band). The split is seeded and
@@ -29,7 +29,7 @@ def words(text: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tsv", default="../shared/data/tatoeba/eng-fra.tsv", help="English<TAB>French pairs")
+    parser.add_argument("--tsv", default="data/tatoeba-eng-fra/eng-fra.tsv", help="English<TAB>French pairs")
     parser.add_argument("--out", default="runs/data/tatoeba_en_fr_long", help="output folder")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
