@@ -1,19 +1,28 @@
-"""The `attnmt` command: parse the arguments, call the modules, print. Errors users cause print as one message."""
+"""The `attnmt` command: parse the arguments, call the modules, print. Errors users cause print as one message; so
+does anything else that goes wrong (an internal error: its traceback goes to a file, `error_log_folders`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import secrets
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
 import yaml
 
+from attnmt import __version__
 from attnmt.config import LENGTH_SLACK
-from attnmt.errors import AttnmtError
+from attnmt.errors import AttnmtError, CheckpointError, CorpusError, StorageError
 
 DEMO_CONFIG = "pkg://configs/ko_en_demo.yaml"
 DEMO_EXAMPLES = 8
+MESSAGE_CHARS = 300  # of an internal error's message on the terminal (the log file has all of it)
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -89,16 +98,43 @@ def _read_input(path: str | None) -> list[str]:
     from attnmt.data import read_lines
 
     if path is None:
-        return [line.rstrip("\r\n") for line in sys.stdin]
+        return _read_stdin()
     return read_lines(Path(path), role="input file")
 
 
-def command_translate(args) -> None:
-    from attnmt.translator import Translator
+def _read_stdin() -> list[str]:
+    """The lines of standard input, which must be UTF-8: a byte that is not (a decoding error, or the surrogate a C
+    locale's stdin passes it on as) is a `CorpusError`."""
+    lines: list[str] = []
+    try:
+        for line in sys.stdin:
+            line.encode("utf-8")  # a surrogate does not encode
+            lines.append(line.rstrip("\r\n"))
+    except UnicodeError:
+        raise CorpusError(f"standard input is not UTF-8 text (at or after line {len(lines) + 1}); re-encode it, e.g. "
+                          f"with `iconv -f CP949 -t UTF-8` (use its real encoding), or give it as --input FILE to "
+                          f"see the line and byte") from None
+    return lines
 
+
+def command_translate(args) -> None:
+    from attnmt.errors import TextTooLong
+    from attnmt.translator import Translator, check_source_lengths
+
+    if args.max_source_tokens is not None and args.max_source_tokens < 1:
+        raise AttnmtError(f"--max-source-tokens {args.max_source_tokens}: give a number of subwords, at least 1")
     translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
     translator.search_settings(**_search_options(args))  # a bad option stops here, before any input is read
     lines = _read_input(args.input)
+    limit = args.max_source_tokens or translator.max_source_tokens
+    try:  # before any output: a line over the cap stops the run at once
+        check_source_lengths(translator.source_lengths(lines), limit)
+    except TextTooLong as error:
+        cap = "--max-source-tokens" if args.max_source_tokens else \
+            "the model's data.max_length, the longest source it was trained on"
+        raise AttnmtError(f"{args.input or 'stdin'} line {error.index + 1}: {error.length} subwords, over the limit "
+                          f"of {error.limit} ({cap}); split the line, or raise the limit with "
+                          f"--max-source-tokens {error.length}") from None
     chunk = 1000  # write as we go, so long inputs stream
     for start in range(0, len(lines), chunk):
         for result in translator.translate(lines[start:start + chunk], attention=False, **_search_options(args)):
@@ -258,13 +294,42 @@ def command_study(args) -> None:
     print(f"{len(rows)} cells; tables and plots in {args.out}")
 
 
+def command_verify(args) -> None:
+    """Check each file of a model directory against its manifest.json, then load the model (finite weights that fit
+    its config and tokenizer). --write: load the model as its files are, then write manifest.json for them."""
+    from attnmt import manifest
+    from attnmt.translator import Translator
+
+    model_dir = Path(args.model_dir)
+    if args.write:
+        translator = Translator.load(model_dir, device="cpu", check_manifest=False)
+        manifest.write(model_dir)
+        print(f"wrote {model_dir / manifest.MANIFEST_FILE}: the SHA-256 of each file of this model "
+              f"({translator.describe().summary}); loading it checks them from now on")
+        return
+    checks = manifest.verify(model_dir)
+    for check in checks:
+        print(f"OK        {check.name}" if check.problem is None else f"MISMATCH  {check.name} {check.problem}")
+    failed = [check.name for check in checks if check.problem]
+    if failed:
+        raise CheckpointError(f"{model_dir}: {len(failed)} of {len(checks)} files do not match "
+                              f"{manifest.MANIFEST_FILE} ({', '.join(failed)}); restore the directory from a copy or "
+                              f"retrain it (if you changed them on purpose: attnmt verify --write {model_dir})")
+    translator = Translator.load(model_dir, device="cpu", check_manifest=False)
+    print(f"OK        the model loads: {translator.describe().summary}; finite weights that fit its config and "
+          f"tokenizer")
+
+
 def command_serve(args) -> None:
     from attnmt.serve import ServeSettings, serve
 
     settings = ServeSettings.from_options(
         batching=not args.no_batching, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
         threads=args.threads, max_text_chars=args.max_text_chars, max_texts=args.max_texts,
-        max_beam_size=args.max_beam_size, max_n_best=args.max_n_best, max_body_bytes=args.max_body_bytes)
+        max_beam_size=args.max_beam_size, max_n_best=args.max_n_best, max_body_bytes=args.max_body_bytes,
+        max_source_tokens=args.max_source_tokens, max_request_work=args.max_request_work,
+        max_attention_values=args.max_attention_values, request_timeout_s=args.request_timeout_s,
+        allowed_hosts=args.allowed_host, api_key=args.api_key, rate_limit=args.rate_limit)
     serve(args.model_dir, host=args.host, port=args.port, settings=settings, log_level=args.log_level,
           device=args.device, mixed_precision=args.mixed_precision)
 
@@ -317,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("model_dir")
     translate.add_argument("--input", help="a text file, one sentence per line; default stdin")
     translate.add_argument("--n-best", type=int, help="print the n best hypotheses as 'score<TAB>text'")
+    translate.add_argument("--max-source-tokens", type=int, metavar="N",
+                           help="refuse (before translating anything) a line of more than N source subwords; "
+                                "default the model's data.max_length, the longest source it was trained on")
     _add_search_arguments(translate)
     _add_device_argument(translate)
     translate.set_defaults(run=command_translate)
@@ -347,6 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_argument(attention)
     attention.set_defaults(run=command_attention)
 
+    verify = commands.add_parser("verify", help="check every file of a model directory against its manifest.json "
+                                                "(SHA-256 and size), then that the model loads; exit status 2 if not")
+    verify.add_argument("model_dir")
+    verify.add_argument("--write", action="store_true",
+                        help="write manifest.json for the files as they are, once they load (a model trained before "
+                             "attnmt wrote manifests, or files you changed on purpose)")
+    verify.set_defaults(run=command_verify)
+
     study = commands.add_parser("study", help="train one model per grid cell and compare them")
     study.add_argument("config", help="the base YAML config")
     study.add_argument("--grid", required=True, help="YAML grid: budget, vary and/or cells (see attnmt/study.py)")
@@ -370,6 +446,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-beam-size", type=int, help="largest beam_size a request may ask for (default 16)")
     serve.add_argument("--max-n-best", type=int, help="largest n_best a request may ask for (default 10)")
     serve.add_argument("--max-body-bytes", type=int, help="request body size (default 1048576)")
+    serve.add_argument("--max-source-tokens", type=int, metavar="N",
+                       help="source subwords per text (default: the model's data.max_length)")
+    serve.add_argument("--max-request-work", type=int, metavar="N",
+                       help="decoding work per request: Σ over its texts of beam_size × the most target tokens "
+                            "the text may get (default 50000)")
+    serve.add_argument("--max-attention-values", type=int, metavar="N",
+                       help="attention numbers one request may get back (default 1000000)")
+    serve.add_argument("--request-timeout-s", type=float, metavar="S",
+                       help="a translation not done in S seconds gets 504 (default 30)")
+    serve.add_argument("--allowed-host", action="append", metavar="NAME",
+                       help="a Host name the server answers besides localhost and --host (repeatable; '*': any; IP "
+                            "addresses always): other names get 421, against DNS rebinding")
+    serve.add_argument("--api-key", metavar="KEY",
+                       help="POST /translate needs 'Authorization: Bearer KEY' (default $ATTNMT_API_KEY; the "
+                            "variable keeps the key out of the process list)")
+    serve.add_argument("--rate-limit", type=int, metavar="N",
+                       help="translation requests per minute from one client address; more get 429")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _add_device_argument(serve)
     serve.set_defaults(run=command_serve)
@@ -394,7 +487,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_log_folders() -> list[Path]:
+    """Where an internal error's traceback goes, the first that can be written: $XDG_STATE_HOME/attnmt/errors (by
+    default ~/.local/state/attnmt/errors, as the XDG base directory spec puts logs), else the temporary folder."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return [state / "attnmt" / "errors", Path(tempfile.gettempdir()) / "attnmt-errors"]
+
+
+def _internal_error(command: str, argv: list[str], error: Exception) -> int:
+    """A bug reached the user: one line naming it and the file its traceback went to; exit status 1."""
+    ident = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    report = (f"attnmt {__version__}, Python {platform.python_version()}, {platform.platform()}\n"
+              f"argv: {argv}\n\n{''.join(traceback.format_exception(error))}")
+    where = "not saved: no folder for it could be written"
+    for folder in error_log_folders():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{ident}.log").write_text(report, encoding="utf-8")
+        except OSError:
+            continue
+        where = f"in {folder / f'{ident}.log'}"
+        break
+    message = " ".join(str(error).split())
+    if len(message) > MESSAGE_CHARS:
+        message = message[:MESSAGE_CHARS] + "…"
+    print(f"attnmt {command}: internal error {ident}: {type(error).__name__}: {message}; the full traceback is "
+          f"{where} (please report it)", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; exit status 0, 2 for an error the user can fix (its message), 130 when interrupted, 1 for an
+    internal error (one line; the traceback in a file)."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
@@ -404,6 +529,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a file or a disk users can fix (a full disk may not say which file it was writing)
+        if error.filename is None and error.errno not in StorageError.ADVICE:
+            return _internal_error(args.command, argv, error)
+        print(f"attnmt {args.command}: {StorageError.from_os_error(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # the last line of defence: no traceback reaches a user
+        return _internal_error(args.command, argv, error)
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from attnmt import devices
 from attnmt.attention import NORMALIZERS, SCORERS, WINDOWS
@@ -30,7 +30,8 @@ LENGTH_SLACK = 10  # a hypothesis may have max_length_ratio × source length + L
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # allow_inf_nan: `.inf` or `.nan` is no value for any number of a config
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class CorpusConfig(Section):
@@ -202,8 +203,11 @@ class TransformerConfig(Section):
 AnyModelConfig = Annotated[Union[RNNConfig, TransformerConfig], Field(discriminator="type")]
 
 
+Beta = Annotated[float, Field(ge=0, lt=1)]  # an Adam decay rate of the moment estimates
+
+
 class TrainingConfig(Section):
-    seed: int = 1
+    seed: int = Field(1, ge=0, lt=2 ** 63, description="of the random state: initialization, dropout, data order")
     batch_tokens: int = Field(2000, ge=1, description="token budget of one batch (max of source/target length × sentences)")
     batches_per_step: int = Field(1, ge=1, description="batches each process trains on before one optimizer step "
                                                    "(gradient accumulation): a step takes batches_per_step × "
@@ -212,20 +216,28 @@ class TrainingConfig(Section):
     max_steps: int | None = Field(None, ge=1)
     max_epochs: int | None = Field(None, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of this run")
-    learning_rate: float = Field(1e-3, gt=0)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(0.0, ge=0)
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam's step size (the peak of the schedule)")
+    adam_betas: tuple[Beta, Beta] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0, le=1)
     schedule: Literal["constant", "plateau", "inverse_sqrt"] = Field(
         "plateau", description="inverse_sqrt: lr = base · min(step / warmup, sqrt(warmup / step))")
     warmup_steps: int = Field(0, ge=0)
     plateau_patience: int = Field(2, ge=0, description="validations without improvement before the rate is cut")
     plateau_factor: float = Field(0.5, gt=0, lt=1)
-    min_learning_rate: float = Field(1e-5, ge=0)
+    min_learning_rate: float = Field(1e-5, ge=0, validate_default=True)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     clip_grad_norm: float | None = Field(1.0, gt=0)
-    validate_every: int = Field(500, ge=1, description="steps between validations (loss + BLEU) and checkpoints")
+    validate_every: int = Field(500, ge=1, description="steps between validations (loss + BLEU), each followed by a "
+                                                       "save of train_state/")
     validation_beam_size: int = Field(1, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1, description="validations without a better dev BLEU")
+    save_every_minutes: float | None = Field(
+        10.0, gt=0, description="train_state/ is also saved between validations once this many minutes (wall clock) "
+                                "have passed since the last save, so that a kill loses at most this much training; "
+                                "None: only at validations")
+    max_nonfinite_steps: int = Field(
+        10, ge=1, description="a step whose loss or gradient norm is not finite (NaN, inf) is skipped without an "
+                              "update; this many in a row stop training with an error, the last saved state kept")
     log_every: int = Field(50, ge=1)
     tensorboard: bool = True
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: what torch picks")
@@ -239,6 +251,14 @@ class TrainingConfig(Section):
     @classmethod
     def _device_name(cls, name: str) -> str:
         return devices.check_name(name)
+
+    @field_validator("min_learning_rate")
+    @classmethod
+    def _floor_below_rate(cls, floor: float, info: ValidationInfo) -> float:
+        rate, schedule = info.data.get("learning_rate"), info.data.get("schedule")
+        if schedule != "inverse_sqrt" and rate is not None and floor > rate:
+            raise ValueError(f"the floor of the rate must not be above `learning_rate` ({rate}); lower it")
+        return floor
 
     @model_validator(mode="after")
     def _some_stop(self) -> "TrainingConfig":
@@ -408,6 +428,10 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror}); check its permissions") from None
     for dotted, value in (overrides or {}).items():
         section = data
         *parents, leaf = dotted.split(".")

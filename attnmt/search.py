@@ -10,6 +10,9 @@ Both searches work on a batch of sentences through the model contract (`attnmt.m
 A hypothesis stops at EOS or at max_length_ratio × source length + LENGTH_SLACK tokens (`attnmt.config`).
 Each result carries its tokens, its model score Σ log p (EOS included) and its attention, one row per step:
 [T, L, H, S], the contract's layout of L attention layers × H heads (an RNN: 1 × 1).
+Beam search keeps, per step, the attention of every row and each row's parent row (a back-pointer); a hypothesis's
+tokens and attention are read once, by following its back-pointers, when it is returned. Copying every alive
+prefix's history at every step instead costs time and memory quadratic in the output length.
 With `keep_attention=False` no attention is gathered (every Hypothesis.attention is None) and the model is asked
 for none (`step(..., need_weights=False)`), so translating to text alone skips that work.
 Search runs on the device of `src` (every tensor it makes is made there); its results are Python lists and numpy.
@@ -40,9 +43,15 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
+def max_output_lengths(source_lengths: torch.Tensor, ratio: float) -> torch.Tensor:
+    """The most target tokens a hypothesis may have before it is stopped, per source length (subwords):
+    ⌈ratio × source length⌉ + LENGTH_SLACK (in float32, as search has always computed it)."""
+    return (source_lengths.float() * ratio).ceil().long() + LENGTH_SLACK
+
+
 def max_lengths(src_mask: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Per sentence: the most target tokens a hypothesis may have before it is stopped. [B]"""
-    return (src_mask.sum(dim=1).float() * ratio).ceil().long() + LENGTH_SLACK
+    """`max_output_lengths` of each sentence of a batch. [B]"""
+    return max_output_lengths(src_mask.sum(dim=1), ratio)
 
 
 def select(tensors: State, index: torch.Tensor) -> State:
@@ -114,6 +123,77 @@ def greedy_search(model: Seq2SeqModel, src: torch.Tensor, src_mask: torch.Tensor
     return results
 
 
+@dataclass
+class _Finished:
+    """A hypothesis that chose EOS at step `step` from row `row` of that step; its tokens and attention are read from
+    the `_Trail` when it is returned."""
+
+    score: float
+    normalized_score: float
+    step: int
+    row: int
+
+
+class _Trail:
+    """What beam search keeps of each step to rebuild any hypothesis later, in memory linear in the steps: for every
+    row of step t + 1, its parent row at step t and the token it was extended by (back-pointers); and, when attention
+    is kept, the attention of every row of step t."""
+
+    def __init__(self) -> None:
+        self.parents: list[torch.Tensor] = []  # step t: [R(t + 1)], rows of step t
+        self.tokens: list[torch.Tensor] = []  # step t: [R(t + 1)], the token chosen at step t
+        self.attention: list[torch.Tensor] = []  # step t: [R(t), L, H, S] (R(t): rows at step t)
+
+    def extend(self, parents: torch.Tensor, tokens: torch.Tensor) -> None:
+        self.parents.append(parents)
+        self.tokens.append(tokens)
+
+    def hypotheses(self, finished: list[list[_Finished]], source_lengths: list[int]) -> list[list[Hypothesis]]:
+        """Follow each finished hypothesis's back-pointers once: its tokens and its attention rows [T, L, H, S]."""
+        parents = _per_step(self.parents)
+        tokens = _per_step(self.tokens)
+        paths = []  # per hypothesis: its row at each step, and its tokens
+        for hypotheses in finished:
+            for h in hypotheses:
+                rows, ids, row = [0] * (h.step + 1), [0] * h.step, h.row
+                for t in range(h.step, 0, -1):
+                    rows[t] = row
+                    ids[t - 1] = tokens[t - 1][row]
+                    row = parents[t - 1][row]
+                rows[0] = row
+                paths.append((rows, ids))
+        attention = self._gather([rows for rows, _ in paths]) if self.attention else None
+        results, index, position = [], 0, 0
+        for sentence, hypotheses in enumerate(finished):
+            results.append([])
+            for h in hypotheses:
+                rows, ids = paths[index]
+                index += 1
+                matrix = None
+                if attention is not None:
+                    matrix = attention[position:position + len(rows), ..., :source_lengths[sentence]]
+                    position += len(rows)
+                results[-1].append(Hypothesis(ids, h.score, matrix, h.normalized_score))
+        return results
+
+    def _gather(self, paths: list[list[int]]) -> np.ndarray:
+        """The attention rows of every path, one after another: [Σ len(path), L, H, S], as float32 numpy."""
+        starts = np.cumsum([0] + [step.size(0) for step in self.attention[:-1]])
+        index = [int(starts[t]) + row for rows in paths for t, row in enumerate(rows)]
+        everything = torch.cat(self.attention)
+        rows = torch.tensor(index, dtype=torch.long, device=everything.device)
+        return everything.index_select(0, rows).float().cpu().numpy()
+
+
+def _per_step(tensors: list[torch.Tensor]) -> list[list[int]]:
+    """Per-step index tensors as Python lists, with one copy off the device."""
+    if not tensors:
+        return []
+    flat = torch.cat(tensors).tolist()
+    bounds = np.cumsum([0] + [t.numel() for t in tensors]).tolist()
+    return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
 @torch.inference_mode()
 def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_mask: torch.Tensor, beam_size: int = 5,
                 length_penalty_alpha: float = 1.0, max_length_ratio: float = 2.0, n_best: int = 1,
@@ -125,7 +205,8 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_mask: torch.Tensor, 
     finished, the best k that do not end continue. A sentence is done when it has k finished hypotheses and the
     k-th best of them is at least the best alive prefix's score / lp(its length if it ended at the next step): for
     α = 0, where scores only fall as a prefix grows, no alive prefix can then win; for α > 0 this is the usual
-    heuristic. Done sentences leave the batch, so the rest decode on fewer rows.
+    heuristic. Done sentences leave the batch, so the rest decode on fewer rows. Prefixes are not copied from step to
+    step: each step records its back-pointers (`_Trail`), and only the hypotheses returned are read back.
     """
     if n_best > beam_size:
         raise ValueError(f"n_best ({n_best}) cannot exceed beam_size ({beam_size})")
@@ -134,15 +215,13 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_mask: torch.Tensor, 
     memory = select(model.encode(src, src_mask), torch.arange(batch, device=device).repeat_interleave(k))
     state = model.start_state(memory)
     limits = max_lengths(src_mask, max_length_ratio)  # [B]
-    source_lengths = _source_lengths(src_mask)
 
     active = torch.arange(batch, device=device)  # the sentence of each of the A active rows of k beams
     alive_scores = torch.full((batch, k), float("-inf"), dtype=torch.float64, device=device)  # [A, k]
     alive_scores[:, 0] = 0.0  # all beams start as the same empty prefix: keep one
-    alive_tokens = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # [A·k, t]
-    alive_attention: torch.Tensor | None = None  # [A·k, t, L, H, S], reordered as beams move
     prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    finished: list[list[_Finished]] = [[] for _ in range(batch)]
+    trail = _Trail()
 
     for t in range(int(limits.max()) + 1):
         log_probs, state, weights = model.step(prev, state, memory, keep_attention)  # [A·k, V], [A·k, L, H, S]
@@ -157,18 +236,14 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_mask: torch.Tensor, 
         top_scores = alive_scores.gather(1, origin) + step_log_probs.double()  # [A, 2k]
         is_eos = token == EOS_ID
         if weights is not None:
-            history = weights.unsqueeze(1) if alive_attention is None else \
-                torch.cat([alive_attention, weights.unsqueeze(1)], dim=1)  # [A·k, t + 1, L, H, S]
+            trail.attention.append(weights)
 
         # Finish: EOS candidates among the top k.
         finishing = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])
         for a, j in finishing.nonzero().tolist():
-            sentence, row = int(active[a]), a * k + int(origin[a, j])
             score = float(top_scores[a, j])
-            attention = None if weights is None else history[row]
-            finished[sentence].append(Hypothesis(alive_tokens[row].tolist(), score,
-                                                 _attention_matrix(attention, source_lengths[sentence]),
-                                                 score / length_penalty(t + 1, length_penalty_alpha)))
+            finished[int(active[a])].append(_Finished(score, score / length_penalty(t + 1, length_penalty_alpha),
+                                                      t, a * k + int(origin[a, j])))
 
         # Continue: the best k candidates that do not end here.
         rank = is_eos.long() * top_ids.size(1) + torch.arange(top_ids.size(1), device=device)
@@ -187,19 +262,16 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_mask: torch.Tensor, 
             rows = (going.nonzero().view(-1, 1) * k + beams).view(-1)  # the rows of the sentences still going
             parents, prev, alive_scores, active = parents[rows], prev[rows], alive_scores[going], active[going]
             memory = select(memory, rows)
-        alive_tokens = torch.cat([alive_tokens.index_select(0, parents), prev.unsqueeze(1)], dim=1)
-        if weights is not None:
-            alive_attention = history.index_select(0, parents)
+        trail.extend(parents, prev)
         state = select(state, parents)
 
-    results = []
     for hypotheses in finished:
         hypotheses.sort(key=lambda h: h.normalized_score, reverse=True)
-        results.append(hypotheses[:n_best])
-    return results
+        del hypotheses[n_best:]
+    return trail.hypotheses(finished, _source_lengths(src_mask))
 
 
-def _is_done(hypotheses: list[Hypothesis], k: int, best_alive: float) -> bool:
+def _is_done(hypotheses: list[_Finished], k: int, best_alive: float) -> bool:
     """k hypotheses finished, and the k-th best of them is at least what the best alive prefix can still reach."""
     if len(hypotheses) < k:
         return False

@@ -20,6 +20,13 @@ schedule and the position in the data), from which `attnmt train --resume` conti
 In a distributed run only the main process (rank 0) validates and writes; the others wait for it and take over its
 results.
 
+A kill loses little and a crash at any instant leaves a run that resumes: train_state/ is also saved every
+`save_every_minutes` between validations; SIGTERM or SIGINT (Ctrl-C) lets the step finish, saves, then acts as it would
+have (see `StopSignals`); a save cut short is finished or undone when the run starts again (checkpoint.py), and
+validations a resumed run replays are logged once. A step whose loss or gradient norm is not finite updates nothing;
+`max_nonfinite_steps` of them in a row stop training with a `DivergenceError`, and parameters that are not finite are
+never saved.
+
 Everything runs on `training.device`, the forward pass under autocast where `training.mixed_precision` asks for it
 (bf16, or fp16 with a gradient scaler; the loss in float32): see attnmt/devices.py.
 """
@@ -28,6 +35,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
@@ -38,14 +49,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from attnmt import checkpoint, devices, distributed
+from attnmt import checkpoint, devices, distributed, manifest
 from attnmt.config import Config, TrainingConfig, load_config
 from attnmt.data import Batch, ParallelData, Tokenizer, read_corpora
 from attnmt.data.tokenizer import PAD_ID
-from attnmt.errors import CheckpointError, ConfigError
+from attnmt.errors import CheckpointError, ConfigError, DivergenceError
 from attnmt.evaluation import corpus_scores
 from attnmt.models import build_model
 from attnmt.translator import Translator
+
+VALIDATION_LOG = "validations.jsonl"  # MODEL_DIR/validations.jsonl: one JSON record per validation, each step once
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 # --- the learning rate ------------------------------------------------------------------------------------------------
@@ -109,7 +123,8 @@ class LearningRateSchedule:
         return {"decay": self.decay, "best_loss": self.best_loss, "bad_validations": self.bad_validations}
 
     def load_state_dict(self, state: dict) -> None:
-        self.decay, self.best_loss, self.bad_validations = state["decay"], state["best_loss"], state["bad_validations"]
+        for name, value in self.state_dict().items():
+            setattr(self, name, _like(state[name], value))
 
 
 # --- what a validation decides ----------------------------------------------------------------------------------------
@@ -168,7 +183,14 @@ class ValidationBookkeeper:
     def load_state_dict(self, state: dict) -> None:
         """Restore from `state` (a state.json "progress" dict); a key it lacks keeps its current value."""
         for name, value in self.state_dict().items():
-            setattr(self, name, state.get(name, value))
+            setattr(self, name, _like(state.get(name, value), value))
+
+
+def _like(value, current):
+    """`value` (read back from JSON) as the type of `current`: an int, float or bool, or a `TypeError`."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) != isinstance(current, bool):
+        raise TypeError(f"{value!r} where a {type(current).__name__} belongs")
+    return type(current)(value)
 
 
 def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -187,6 +209,51 @@ class Progress:
     batch_in_epoch: int = 0  # batches of this epoch already trained on
     target_tokens: int = 0
     seconds: float = 0.0  # training time so far, over all runs of this model directory
+
+
+class StopSignals:
+    """SIGTERM and SIGINT (Ctrl-C) while training, as a context: the first one only sets `received`, so that the loop
+    can finish its step and save, and puts the handler it replaced back, so that a second one acts at once as if we
+    were not there. `raise_again` then does what the first would have done. Signals ignored when training starts
+    (SIG_IGN) stay ignored; outside the main thread, where Python runs no handler, nothing is caught."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.replaced: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        self.received, self.replaced = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for number in STOP_SIGNALS:
+                handler = signal.getsignal(number)
+                if handler not in (signal.SIG_IGN, None):
+                    self.replaced[number] = handler
+                    signal.signal(number, self._catch)
+        return self
+
+    def _catch(self, number: int, frame) -> None:
+        if self.received is None:
+            self.received = number
+        signal.signal(number, self.replaced[number])
+
+    def __exit__(self, *exception) -> None:
+        for number, handler in self.replaced.items():
+            signal.signal(number, handler)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name
+
+    def raise_again(self) -> None:
+        """Do what the received signal would have done without us: call the handler it had (SIGINT's raises
+        KeyboardInterrupt: the CLI exits 130), or take its default action (SIGTERM: the process ends by it, exit
+        status 143)."""
+        handler = self.replaced[self.received]
+        signal.signal(self.received, handler)
+        if callable(handler):
+            handler(self.received, None)
+        else:
+            os.kill(os.getpid(), self.received)
 
 
 class Trainer:
@@ -208,6 +275,8 @@ class Trainer:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         saved = checkpoint.has_train_state(self.model_dir)
+        if saved:  # one that lacks a file: the same advice with --resume or without
+            checkpoint.check_train_state(self.model_dir)
         if resume and not saved:
             raise CheckpointError(f"cannot resume: {self.model_dir / checkpoint.TRAIN_STATE} does not exist; "
                                   f"train without --resume first")
@@ -216,6 +285,9 @@ class Trainer:
                                   f"or choose another model directory (nothing was overwritten)")
         if resume:
             self._check_same_model()
+        if self.dist.is_main:  # a save a crash cut short, temporary files of cut writes
+            checkpoint.recover_train_state(self.model_dir)
+        self.dist.barrier()
         torch.manual_seed(self.settings.seed)
         self.corpora = read_corpora(config)
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -236,12 +308,17 @@ class Trainer:
         self.progress = Progress()
         if resume:  # onto the model's device, whichever device the state was saved from
             saved = checkpoint.load_train_state(self.model_dir, self.model, self.optimizer)
-            self.schedule.load_state_dict(saved["schedule"])
-            self._load_progress(saved["progress"])
-            if self.scaler.is_enabled() and "grad_scaler" in saved:
-                self.scaler.load_state_dict(saved["grad_scaler"])
+            with checkpoint.reading_train_state(self.model_dir / checkpoint.TRAIN_STATE / checkpoint.STATE_FILE):
+                self.schedule.load_state_dict(saved["schedule"])
+                self._load_progress(saved["progress"])
+                if self.scaler.is_enabled() and "grad_scaler" in saved:
+                    self.scaler.load_state_dict(saved["grad_scaler"])
         self.network = self.dist.wrap(self.model)  # what training calls; DDP all-reduces the gradients in backward
         self.writer = None
+        self.saved_step = self.progress.step if resume else None  # of the last train_state/ written
+        self.last_save = time.perf_counter()
+        self.nonfinite_steps = 0  # steps in a row whose loss or gradient norm was not finite
+        self.stop_signals = StopSignals()
 
     def _check_same_model(self) -> None:
         """A run resumes with the model and vocabulary it was started with: a config whose `model` or `tokenizer`
@@ -272,6 +349,7 @@ class Trainer:
         tokenizer = Tokenizer.train(self.config.tokenizer, list(sources), list(targets), self.model_dir)
         checkpoint.write_text(self.model_dir / checkpoint.CONFIG_FILE, self.config.to_yaml())
         checkpoint.write_examples(self.model_dir, [source for source, _ in self.corpora.dev])
+        manifest.write(self.model_dir)  # last: it lists the files just written
         self.dist.barrier()
         return tokenizer
 
@@ -290,6 +368,11 @@ class Trainer:
         d = self.dist
         return (f"distributed: {d.world_size} processes ({d.backend} on {d.device.type}); one step takes "
                 f"{self.batches_per_step} batches, {self.settings.batches_per_step} per process")
+
+    def _warn(self, message: str) -> None:
+        """Tell the user, on stderr, with the progress bar or without (the main process only)."""
+        if self.dist.is_main:
+            tqdm.write(message, file=sys.stderr)
 
     def _log_scalars(self, values: dict[str, float]) -> None:
         if not self.settings.tensorboard or not self.dist.is_main:
@@ -338,9 +421,10 @@ class Trainer:
     def train_step(self, batches: Batch | Sequence[Batch], step_tokens: int | None = None) -> float:
         """One optimizer step: forward and backward on each of this process's batches (their gradients add up),
         then clip and update. `step_tokens`: the target tokens of the whole step, over all processes (default:
-        those of `batches`). Returns the step's loss per target token, over all processes. With fp16 the loss is
-        scaled before backward and the gradients unscaled before clipping; a step with inf/NaN gradients is skipped
-        (torch.amp.GradScaler), and counts as a step all the same."""
+        those of `batches`). Returns the step's loss per target token, over all processes. A step whose loss or
+        gradient norm is not finite updates nothing (see `_skip_nonfinite`) and counts as a step all the same. With
+        fp16 the loss is scaled before backward and the gradients unscaled before clipping; the scaler itself skips a
+        step whose gradients overflow (how it finds its scale: not counted as a non-finite step)."""
         batches = [batches] if isinstance(batches, Batch) else list(batches)
         step_tokens = step_tokens or sum(batch.num_tgt_tokens for batch in batches)
         self.network.train()
@@ -356,14 +440,52 @@ class Trainer:
                 # × world size: DDP averages the gradients of the processes, and the step's gradient is their sum
                 self.scaler.scale(loss * self.dist.world_size / step_tokens).backward()
             summed = summed + loss.detach()
+        step_loss = float(self.dist.sum(summed) / step_tokens)
         self.scaler.unscale_(self.optimizer)  # fp16: the true gradients before clipping; otherwise nothing
-        if self.settings.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad_norm)
-        self.scaler.step(self.optimizer)
+        gradient_norm = self._clip_gradients()
+        finite = math.isfinite(step_loss) and (self.scaler.is_enabled() or math.isfinite(gradient_norm))
+        if finite:
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         self.progress.step += 1
         self.progress.target_tokens += step_tokens
-        return float(self.dist.sum(summed) / step_tokens)
+        self.nonfinite_steps = 0 if finite else self.nonfinite_steps + 1
+        if not finite:
+            self._skip_nonfinite(step_loss, gradient_norm)
+        return step_loss
+
+    def _clip_gradients(self) -> float:
+        """‖g‖ over every parameter's gradient; where `clip_grad_norm` c is set, g ← g · min(1, c / ‖g‖)."""
+        if self.settings.clip_grad_norm:
+            return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad_norm))
+        return float(torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None]))
+
+    def _skip_nonfinite(self, loss: float, gradient_norm: float) -> None:
+        """Report a step skipped for a loss or gradient norm that is not finite; after `max_nonfinite_steps` in a row,
+        stop training with a `DivergenceError` (the last train_state/ written is the last good one)."""
+        count, step = self.nonfinite_steps, self.progress.step
+        self._warn(f"step {step}: loss {loss:.4g}, gradient norm {gradient_norm:.4g}: not finite, so the step is "
+                   f"skipped (no update; {count} in a row, training stops at {self.settings.max_nonfinite_steps})")
+        if count < self.settings.max_nonfinite_steps:
+            return
+        state = self.model_dir / checkpoint.TRAIN_STATE
+        kept = (f"the last good state is in {state} (step {self.saved_step}): after the change, continue it with "
+                f"--resume (e.g. --set training.learning_rate=...)" if self.saved_step is not None else
+                "no state was saved yet: after the change, train again")
+        raise DivergenceError(f"training diverged: {count} steps in a row (steps {step - count + 1} to {step}) had a "
+                              f"loss or gradient norm that is not a finite number, so training stopped. Lower "
+                              f"`training.learning_rate`, set `training.clip_grad_norm`, or look for broken pairs in "
+                              f"the data; {kept}")
+
+    def _check_finite_parameters(self) -> None:
+        """A `DivergenceError` if a parameter is not finite: such a model is never validated, nor saved as the best
+        model or as train_state/."""
+        bad = [name for name, parameter in self.model.named_parameters() if not bool(torch.isfinite(parameter).all())]
+        if bad:
+            raise DivergenceError(f"training diverged: parameter(s) {', '.join(bad[:3])} hold numbers that are not "
+                                  f"finite at step {self.progress.step}; nothing of this step was saved. Lower "
+                                  f"`training.learning_rate` or set `training.clip_grad_norm`, then continue from the "
+                                  f"last state saved ({self.model_dir / checkpoint.TRAIN_STATE}) with --resume")
 
     # --- validation ----------------------------------------------------------------------------------------------
 
@@ -388,17 +510,18 @@ class Trainer:
     def validate(self, regular: bool = True) -> tuple[dict, ValidationDecision]:
         """Dev loss and BLEU, and what `validations` decides from them: save the model if BLEU improved; regular
         validations also step the schedule and count towards early stopping (see `ValidationBookkeeper`). Logs the
-        record to MODEL_DIR/validations.jsonl and returns it with the decision."""
+        record to MODEL_DIR/validations.jsonl (VALIDATION_LOG) and returns it with the decision."""
         loss = self.dev_loss()
         scores = self.dev_scores()
         decision = self.validations.decide(loss, scores["bleu"], regular)
         if decision.save_best:
             checkpoint.save_model(self.model_dir / checkpoint.MODEL_FILE, self.model)
+            manifest.write(self.model_dir)
         record = {"step": self.progress.step, "epoch": self.progress.epoch, "dev_loss": round(loss, 4),
                   "dev_bleu": round(scores["bleu"], 2), "dev_chrf": round(scores["chrf"], 2),
                   "learning_rate": self.schedule.rate(self.progress.step), "best": decision.save_best,
                   "seconds": round(self.progress.seconds, 1)}
-        with open(self.model_dir / "validations.jsonl", "a", encoding="utf-8") as log:
+        with open(self.model_dir / VALIDATION_LOG, "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
         self._log_scalars({"dev/loss": loss, "dev/bleu": scores["bleu"], "dev/chrf": scores["chrf"]})
         return record, decision
@@ -407,6 +530,7 @@ class Trainer:
         """`validate` on the main process; the others wait, then take its record, decision, schedule and progress
         (best BLEU, early-stopping count), so that every process goes on with the same learning rate and stops at the
         same step."""
+        self._check_finite_parameters()
         result = self.validate(regular) if self.dist.is_main else None
         result, schedule, progress = self.dist.from_main((result, self.schedule.state_dict(), self._progress_state()))
         self.schedule.load_state_dict(schedule)
@@ -422,11 +546,14 @@ class Trainer:
         from train_state/ or from the main process; a key it lacks keeps its current value."""
         for field in fields(Progress):
             if field.name in state:
-                setattr(self.progress, field.name, state[field.name])
+                setattr(self.progress, field.name, _like(state[field.name], getattr(self.progress, field.name)))
         self.validations.load_state_dict(state)
 
     def save_state(self) -> None:
-        """Write train_state/ (the main process only: every process holds the same parameters and optimizer)."""
+        """Write train_state/ (the main process only: every process holds the same parameters and optimizer); never
+        parameters that are not finite."""
+        self._check_finite_parameters()
+        self.saved_step, self.last_save = self.progress.step, time.perf_counter()
         if not self.dist.is_main:
             return
         state = {"schedule": self.schedule.state_dict(), "progress": self._progress_state()}
@@ -438,6 +565,8 @@ class Trainer:
 
     def _out_of_budget(self, run_started: float, seconds_before: float) -> bool:
         s = self.settings
+        if self.stop_signals.received is not None:
+            return True
         if s.max_steps is not None and self.progress.step >= s.max_steps:
             return True
         if s.max_epochs is not None and self.progress.epoch >= s.max_epochs:
@@ -447,7 +576,8 @@ class Trainer:
         return self.validations.stopped_early
 
     def _stop(self, run_started: float, seconds_before: float) -> bool:
-        """Whether the run is over; in a distributed run the main process decides (clocks differ between them)."""
+        """Whether the run is over; in a distributed run the main process decides (clocks differ between them, and
+        signals reach them at different steps)."""
         return self.dist.main_decides(self._out_of_budget(run_started, seconds_before))
 
     def _steps(self, order: list[list[int]], start: int) -> list[list[list[int]]]:
@@ -462,17 +592,48 @@ class Trainer:
                               f"the number of processes")
         return [order[first:first + size] for first in range(start, len(order) - size + 1, size)]
 
+    def _save_due(self) -> bool:
+        """Whether `save_every_minutes` have passed since train_state/ was last written."""
+        every = self.settings.save_every_minutes
+        return every is not None and time.perf_counter() - self.last_save >= every * 60
+
+    def _trim_validation_log(self) -> dict | None:
+        """Keep in MODEL_DIR/validations.jsonl the validations up to the step this run starts from (rewritten
+        atomically when any goes): the run replays the later ones, and logs them again. Lines a crash cut short go
+        too. Returns the record of that very step, if it is there (no need to validate that step again at the end)."""
+        path = self.model_dir / VALIDATION_LOG
+        if not path.is_file():
+            return None
+        text = path.read_text(encoding="utf-8", errors="replace")
+        kept = [(line, record) for line, record in ((line, _logged_record(line)) for line in text.splitlines())
+                if record is not None and record["step"] <= self.progress.step]
+        trimmed = "".join(line + "\n" for line, _ in kept)
+        if trimmed != text:
+            checkpoint.write_text(path, trimmed)
+        return next((record for _, record in reversed(kept) if record["step"] == self.progress.step), None)
+
     def train(self) -> dict:
-        """Train until a budget (steps, epochs, minutes) runs out or dev BLEU stops improving."""
+        """Train until a budget (steps, epochs, minutes) runs out, dev BLEU stops improving, or SIGTERM or SIGINT
+        comes: then the step in progress finishes, train_state/ is saved, and the signal acts (`StopSignals`)."""
+        with self.stop_signals:
+            summary = self._train()
+            if self.stop_signals.received is not None:
+                self._warn(f"stopped by {self.stop_signals.name} at step {self.progress.step}; resume with --resume")
+                self.stop_signals.raise_again()
+        return summary
+
+    def _train(self) -> dict:
+        """The training loop of `train`."""
         s, p = self.settings, self.progress
         say = tqdm.write if self.show_progress else (lambda _: None)
         say(self.data_report())
         if self.dist.enabled:
             say(self.distributed_report())
+        last_record = self.dist.from_main(self._trim_validation_log() if self.dist.is_main else None)
         bar = tqdm(total=s.max_steps, initial=p.step, disable=not self.show_progress, unit="step",
                    dynamic_ncols=True, desc="train")
         run_started, seconds_before = time.perf_counter(), p.seconds
-        window_tokens, window_started, last_record = 0, time.perf_counter(), None
+        window_tokens, window_started, self.last_save = 0, time.perf_counter(), time.perf_counter()
         while not self._stop(run_started, seconds_before):
             order = self.train_data.batches(s.batch_tokens, shuffle=True, seed=s.seed * 100_003 + p.epoch)
             for step_batches in self._steps(order, p.batch_in_epoch):
@@ -501,13 +662,16 @@ class Trainer:
                     if decision.stop_early:
                         say(f"early stopping: dev BLEU has not improved for {s.early_stopping_patience} validations")
                     self.save_state()
+                elif self._save_due():
+                    self.save_state()
                 if self._stop(run_started, seconds_before):
                     break
             else:
                 p.epoch += 1
                 p.batch_in_epoch = 0
         bar.close()
-        if last_record is None or last_record["step"] != p.step:
+        stopped_by_signal = self.dist.from_main(self.stop_signals.received) is not None
+        if not stopped_by_signal and (last_record is None or last_record["step"] != p.step):
             last_record, _ = self._validate_everywhere(regular=False)
             say(f"step {p.step}: dev loss {last_record['dev_loss']:.3f}, BLEU {last_record['dev_bleu']:.2f}"
                 f"{' (best, saved)' if last_record['best'] else ''}")
@@ -518,6 +682,16 @@ class Trainer:
         return {"steps": p.step, "epochs": p.epoch, "seconds": p.seconds, "best_dev_bleu": self.validations.best_bleu,
                 "target_tokens_per_second": p.target_tokens / max(p.seconds, 1e-9),
                 "model_dir": str(self.model_dir), "last_validation": last_record}
+
+
+def _logged_record(line: str) -> dict | None:
+    """One line of validations.jsonl as its record; None for a line a crash cut short (or not a record)."""
+    try:
+        record = json.loads(line)
+        record["step"] = int(record["step"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    return record
 
 
 def train(config: Config, model_dir: Path | None = None, resume: bool = False, show_progress: bool = True) -> dict:

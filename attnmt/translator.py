@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnmt import checkpoint, devices
+from attnmt import checkpoint, devices, manifest
 from attnmt.config import Config, SearchConfig, load_config
 from attnmt.data import Tokenizer
 from attnmt.data.batching import pad_sequences
-from attnmt.errors import AttnmtError, CheckpointError
+from attnmt.errors import AttnmtError, CheckpointError, TextTooLong
 from attnmt.models import ModelDescription, Seq2SeqModel, build_model
 from attnmt.search import Hypothesis, beam_search, greedy_search
 
@@ -44,6 +44,15 @@ def attention_view(heads: np.ndarray, layer: int | None = None, head: int | None
     if head is None:
         return chosen.mean(axis=0)
     return chosen[_index("head", head, head_count, "head", " per layer")]
+
+
+def check_source_lengths(lengths: list[int], limit: int) -> None:
+    """The source-length cap: a text of more than `limit` subwords is refused (a `TextTooLong` naming the first such
+    text), never truncated: a model translates badly what is longer than it was trained on, and the work of a
+    search grows with the length."""
+    for index, length in enumerate(lengths):
+        if length > limit:
+            raise TextTooLong(index, length, limit)
 
 
 def _index(option: str, number: int, count: int, noun: str, suffix: str) -> int:
@@ -106,14 +115,22 @@ class Translator:
         return self.model.describe()
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "auto", mixed_precision: str = "none") -> "Translator":
+    def load(cls, model_dir: str | Path, device: str = "auto", mixed_precision: str = "none",
+             check_manifest: bool = True) -> "Translator":
         """Load config.yaml, the tokenizer and model.safetensors from a model directory, and put the model on `device`
         (auto | cpu | cuda | cuda:N; auto: a GPU if torch sees one, else the CPU); it translates in float32, or
-        under autocast with `mixed_precision` bf16 | fp16 (fp16: GPUs only)."""
+        under autocast with `mixed_precision` bf16 | fp16 (fp16: GPUs only).
+
+        First every file is checked against manifest.json (`attnmt.manifest.check`; a directory without one loads
+        with a warning); `check_manifest=False` skips that (`attnmt verify --write` does, to write one). A file that
+        does not match, cannot be read, does not fit the others or holds non-finite weights is a `CheckpointError`
+        (or a `StorageError`) naming the file."""
         target = devices.choose(device, option="device")
         model_dir = Path(model_dir)
         if not (model_dir / checkpoint.CONFIG_FILE).is_file():
             raise CheckpointError(f"{model_dir} is not an attnmt model directory: {checkpoint.CONFIG_FILE} is missing")
+        if check_manifest:
+            manifest.check(model_dir)
         config = load_config(model_dir / checkpoint.CONFIG_FILE)
         tokenizer = Tokenizer.load(model_dir)
         model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
@@ -133,22 +150,39 @@ class Translator:
         batch_size; None: the default) applied and checked: `SearchConfig.resolve`."""
         return self.config.search.resolve(**options)
 
+    @property
+    def max_source_tokens(self) -> int:
+        """The default cap on a source's subwords: `data.max_length`, the longest source the model was trained on."""
+        return self.config.data.max_length
+
+    def _encode(self, sentences: list[str]) -> list[list[int]]:
+        return self.tokenizer.encode_source([s.strip() for s in sentences])
+
+    def source_lengths(self, sentences: list[str]) -> list[int]:
+        """The subwords of each sentence, as `translate` encodes it."""
+        return [len(ids) for ids in self._encode(sentences)]
+
     def translate(self, sentences: list[str], beam_size: int | None = None, n_best: int | None = None,
                   length_penalty: float | None = None, max_length_ratio: float | None = None,
-                  batch_size: int | None = None, attention: bool = True) -> list[Translation]:
+                  batch_size: int | None = None, attention: bool = True, max_source_tokens: int | None = None
+                  ) -> list[Translation]:
         """Translate sentences in batches of similar length; results come back in input order.
 
         Options left None take the model config's `search` defaults; beam_size 1 is greedy search; n_best above
         beam_size is an error (`SearchConfig.resolve`). An empty (or blank) sentence gives an empty translation.
         `attention=False` leaves `attention_heads` None and skips gathering it (faster: text is all that is wanted).
+        With `max_source_tokens` (e.g. `self.max_source_tokens`), a sentence of more subwords is a `TextTooLong`
+        naming it, raised before anything is translated (`check_source_lengths`); None translates any length.
         """
         if isinstance(sentences, str):
             raise TypeError("translate takes a list of sentences; for one sentence: translate([sentence])[0]")
         search = self.search_settings(beam_size=beam_size, n_best=n_best, length_penalty=length_penalty,
                                       max_length_ratio=max_length_ratio, batch_size=batch_size)
+        source_ids = self._encode(sentences)
+        if max_source_tokens is not None:
+            check_source_lengths([len(ids) for ids in source_ids], max_source_tokens)
         was_training = self.model.training
         self.model.eval()
-        source_ids = self.tokenizer.encode_source([s.strip() for s in sentences])
         results: list[Translation | None] = [None] * len(sentences)
         order = sorted((i for i, ids in enumerate(source_ids) if ids), key=lambda i: len(source_ids[i]))
         device = self.device

@@ -12,11 +12,18 @@ anywhere; tests/test_devices.py covers the choice of device.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
+import httpx
 import pytest
 import torch
 import yaml
@@ -74,6 +81,35 @@ def tiny_config_dict(train_tsv: Path, dev_tsv: Path, model_dir: Path, overrides:
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     return data
+
+
+@contextlib.contextmanager
+def served(model_dir: Path, settings: str = "") -> Iterator[tuple[str, int, list[str]]]:
+    """`attnmt.serve.serve` on `model_dir` in another process, on a free port, with `ServeSettings(settings)` (Python
+    keyword arguments as text); yields (url, port, output), `output` holding the server's printed lines once it has
+    stopped."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = ("import sys, torch; torch.set_num_threads(1); from attnmt.serve import ServeSettings, serve; "
+            f"serve(sys.argv[1], port=int(sys.argv[2]), log_level='warning', settings=ServeSettings({settings}))")
+    process = subprocess.Popen([sys.executable, "-c", code, str(model_dir), str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, output = f"http://127.0.0.1:{port}", []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the server did not come up in 60 s"
+                time.sleep(0.1)
+        yield url, port, output
+    finally:
+        process.terminate()
+        output.append(process.communicate(timeout=20)[0])
 
 
 @pytest.fixture

@@ -183,6 +183,39 @@ def test_hypotheses_stop_at_the_length_limit_with_the_eos_log_prob_counted():
             assert hypothesis.score == pytest.approx(model.sequence_score(hypothesis.tokens), abs=1e-5)
 
 
+def test_beam_search_copies_history_in_linear_not_quadratic_size(monkeypatch):
+    """Issue 15: the attention history (and the prefixes) were copied whole at every step, so a long output cost
+    time and memory quadratic in its length. Count the elements every `torch.cat` and `index_select` makes during a
+    search that runs to its length limit: they must stay within a few times the size of the history itself."""
+    probabilities = torch.full((V, V), 1.0)
+    probabilities[:, :EOS_ID] = 1e-9
+    probabilities[:, EOS_ID] = 1e-9  # never ends before the limit: 2 × 40 + 10 steps
+    model = MarkovModel(probabilities / probabilities.sum(dim=1, keepdim=True))
+    src, src_mask = sources([40])
+    made = []
+    cat, index_select = torch.cat, torch.Tensor.index_select
+
+    def counting_cat(tensors, *args, **kwargs):
+        out = cat(tensors, *args, **kwargs)
+        made.append(out.numel())
+        return out
+
+    def counting_index_select(self, *args, **kwargs):
+        out = index_select(self, *args, **kwargs)
+        made.append(out.numel())
+        return out
+
+    monkeypatch.setattr(torch, "cat", counting_cat)
+    monkeypatch.setattr(torch.Tensor, "index_select", counting_index_select)
+    k = 8
+    [hypotheses] = beam_search(model, src, src_mask, beam_size=k, n_best=k)
+    monkeypatch.undo()
+    steps = 2 * 40 + 10 + 1
+    assert all(len(h.tokens) == steps - 1 for h in hypotheses)
+    history = steps * k * 40  # every row's attention over 40 source positions, each step
+    assert sum(made) < 4 * history, (sum(made), history)
+
+
 def test_the_markov_model_keeps_the_contract():
     assert isinstance(MarkovModel(random_table(0)), Seq2SeqModel)
 
@@ -288,6 +321,25 @@ def test_hypothesis_scores_and_attention_equal_teacher_forcing(reversal_translat
                 np.testing.assert_allclose(h.attention, attention, atol=1e-5)
                 checked += 1
     assert checked > len(ids) * 3
+
+
+def test_beam_hypotheses_equal_teacher_forcing_in_both_families(family_model):
+    """Each returned hypothesis's score and attention rows (read back through the beam's back-pointers) are those
+    of one teacher-forced pass over its tokens, for the RNN and the Transformer."""
+    translator = family_model.translator()
+    sentences = [src for src, _ in family_model.test_pairs[:12]] + random_sentences(12, seed=31, min_length=9,
+                                                                                     max_length=14)
+    ids = translator.tokenizer.encode_source(sentences)
+    results = search_all(translator.model, ids, beam_search, beam_size=4, length_penalty_alpha=1.0, n_best=4)
+    flat = [h for hypotheses in results for h in hypotheses]
+    source_ids = [ids[i] for i, hypotheses in enumerate(results) for _ in hypotheses]
+    layout = translator.describe()
+    for h, source, (score, attention) in zip(flat, source_ids, teacher_forced(translator.model, source_ids, flat),
+                                             strict=True):
+        assert h.score == pytest.approx(score, abs=1e-4)
+        assert h.attention.shape == (len(h.tokens) + 1, layout.attention_layers, layout.attention_heads, len(source))
+        np.testing.assert_allclose(h.attention, attention, atol=1e-5)
+    assert len(flat) == 4 * len(sentences)
 
 
 def test_n_best_on_the_trained_model(reversal_translator, inputs):

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from attnmt.serve import ServeSettings, create_app
+from conftest import served
 from attnmt.serve.batcher import Batcher, BatcherClosed, QueueFull
 
 with warnings.catch_warnings():  # starlette ≥ 1.x prefers the httpx2 fork; plain httpx still works
@@ -196,7 +197,8 @@ JSON = {"content-type": "application/json"}
     (b'"a b c"', JSON, 422, "body"),
     (b"42", JSON, 422, "body"),
     (b"{}", JSON, 422, "text, texts"),
-    (b'{"text": null}', JSON, 422, "text, texts"),
+    (b'{"text": null}', JSON, 422, "text"),  # absent, or a string: the schema says so too
+    (b'{"text": null, "texts": ["a"]}', JSON, 422, "text"),
     (b'{"texts": []}', JSON, 422, "texts"),
     (b'{"text": 5}', JSON, 422, "text"),
     (b'{"text": ["a"]}', JSON, 422, "text"),
@@ -308,9 +310,10 @@ def test_openapi_schema_documents_the_api_and_its_limits(client, settings):
     schema = client.get("/openapi.json").json()
     assert {"/translate", "/health", "/info"} <= set(schema["paths"])
     request = schema["components"]["schemas"]["TranslateRequest"]
-    text = next(s for s in request["properties"]["text"]["anyOf"] if s.get("type") == "string")
-    texts = next(s for s in request["properties"]["texts"]["anyOf"] if s.get("type") == "array")
+    text, texts = request["properties"]["text"], request["properties"]["texts"]
+    assert text["type"] == "string" and texts["type"] == "array"  # not nullable: absent is how to leave one out
     assert text["maxLength"] == settings.max_text_chars and texts["maxItems"] == settings.max_texts
+    assert request["oneOf"] == [{"required": ["text"]}, {"required": ["texts"]}]  # exactly one of them
     assert request["additionalProperties"] is False
     assert "TranslateResponse" in schema["components"]["schemas"]
 
@@ -400,7 +403,7 @@ def test_batches_never_mix_search_options(reversal_translator, reversal_model):
         assert len(result.get("n_best") or [None]) == options["n_best"]
 
 
-def test_multi_text_requests_stay_whole_and_in_order(reversal_translator, reversal_model):
+def test_multi_text_requests_come_back_whole_and_in_order(reversal_translator, reversal_model):
     counting = CountingTranslator(reversal_translator)
     app = create_app(counting, ServeSettings(max_batch_size=8, max_wait_ms=200))
     texts = sources(reversal_model, 12)
@@ -516,36 +519,12 @@ def test_serve_rejects_a_directory_that_is_not_a_model(tmp_path):
 
 
 def test_serve_runs_a_real_server(reversal_model):
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    code = ("import sys, torch; torch.set_num_threads(1); from attnmt.serve import ServeSettings, serve; "
-            "serve(sys.argv[1], port=int(sys.argv[2]), settings=ServeSettings(max_texts=3), log_level='warning')")
-    process = subprocess.Popen([sys.executable, "-c", code, str(reversal_model.model_dir), str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the server did not come up in 60 s"
-                time.sleep(0.1)
+    with served(reversal_model.model_dir, "max_texts=3") as (url, port, output):
         answer = httpx.post(url + "/translate", json={"texts": ["a b c", "d e"]}, timeout=30).json()
         assert [t["text"] for t in answer["translations"]] == ["c b a", "e d"]
         assert httpx.post(url + "/translate", json={"texts": ["a"] * 4}, timeout=30).status_code == 422
         assert httpx.get(url + "/info", timeout=5).json()["limits"]["max_texts"] == 3
-    finally:
-        process.terminate()
-        output, _ = process.communicate(timeout=20)
-    assert f"at http://127.0.0.1:{port}/" in output  # the start-up line says where
+    assert f"at http://127.0.0.1:{port}/" in output[0]  # the start-up line says where
 
 
 def test_a_model_without_attention(tmp_path, tiny_config):

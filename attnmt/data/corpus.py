@@ -3,7 +3,8 @@
 
 Files are read in binary, one line at a time, and each line is decoded on its own, so that an encoding error can be
 reported with its exact line number and byte offset. Only `\\n` ends a line (a `\\r` before it is stripped), so
-Unicode line separators inside a sentence never shift the alignment of two files.
+Unicode line separators inside a sentence never shift the alignment of two files. A NUL byte is an error (it is
+what a binary file or a UTF-16 text holds), and so is a corpus without a single sentence pair.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from attnmt.errors import CorpusError
 Pair = tuple[str, str]
 
 _BOM = "\ufeff"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16 (and UTF-32) files start with one of these
 
 
 def _check_exists(path: Path, role: str) -> None:
@@ -33,7 +35,16 @@ def _check_exists(path: Path, role: str) -> None:
 
 
 def _decode_line(raw: bytes, path: Path, line_number: int, file_offset: int) -> str:
-    """Decode one line as strict UTF-8, or raise `CorpusError` naming the file, line and byte offset."""
+    """Decode one line as strict UTF-8 without NUL bytes, or raise `CorpusError` naming the file, line and byte
+    offset."""
+    if file_offset == 0 and raw.startswith(_UTF16_BOMS):
+        raise CorpusError(f"{path} starts with a UTF-16 byte-order mark: it is UTF-16 (or UTF-32) text, not UTF-8; "
+                          f"re-encode it, e.g. `iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise CorpusError(f"{path}, line {line_number}: byte {nul} of the line (byte {file_offset + nul} of the file) "
+                          f"is a NUL byte: the file is binary, or UTF-16/UTF-32 text; give a UTF-8 text file "
+                          f"(re-encode it with iconv if it is text)")
     try:
         return raw.decode("utf-8", errors="strict")
     except UnicodeDecodeError as error:
@@ -53,13 +64,17 @@ def read_lines(path: Path, role: str = "corpus file") -> list[str]:
     _check_exists(path, role)
     lines: list[str] = []
     offset = 0
-    with path.open("rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            text = _decode_line(raw, path, line_number, offset)
-            offset += len(raw)
-            if line_number == 1 and text.startswith(_BOM):
-                text = text[len(_BOM):]
-            lines.append(text.rstrip("\r\n"))
+    try:
+        with path.open("rb") as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                text = _decode_line(raw, path, line_number, offset)
+                offset += len(raw)
+                if line_number == 1 and text.startswith(_BOM):
+                    text = text[len(_BOM):]
+                lines.append(text.rstrip("\r\n"))
+    except OSError as error:
+        raise CorpusError(f"{role} {path} cannot be read ({error.strerror or error}); check its permissions and "
+                          f"its disk") from None
     return lines
 
 
@@ -110,6 +125,23 @@ def read_corpus(spec: CorpusConfig) -> list[Pair]:
         return _read_tsv(resolve_path(spec.tsv), spec.src_column, spec.tgt_column)
     assert spec.src is not None and spec.tgt is not None  # guaranteed by CorpusConfig's validator
     return _read_text_pair(resolve_path(spec.src), resolve_path(spec.tgt))
+
+
+def _files(spec: CorpusConfig) -> str:
+    """The file(s) a `CorpusConfig` names, for messages."""
+    if spec.tsv is not None:
+        return str(resolve_path(spec.tsv))
+    return f"{resolve_path(spec.src)} + {resolve_path(spec.tgt)}"
+
+
+def read_pairs(spec: CorpusConfig, role: str) -> tuple[list[Pair], int]:
+    """The non-empty pairs of a corpus (`read_corpus`, then `drop_empty_pairs`) and how many were dropped; a corpus
+    without one is a `CorpusError` naming its file(s)."""
+    pairs, dropped = drop_empty_pairs(read_corpus(spec))
+    if not pairs:
+        raise CorpusError(f"the {role} corpus {_files(spec)} holds no sentence pair (it is empty, or every line has "
+                          f"an empty side); fill it, or fix `data.{role}` in the config")
+    return pairs, dropped
 
 
 def drop_empty_pairs(pairs: list[Pair]) -> tuple[list[Pair], int]:
@@ -164,11 +196,11 @@ class Corpora:
 def read_corpora(config: Config) -> Corpora:
     """Read train/dev/test as configured: given files, or dev/test cut from train by target sentence."""
     data = config.data
-    train, dropped = drop_empty_pairs(read_corpus(data.train))
+    train, dropped = read_pairs(data.train, "train")
     if data.split is not None:
         train, dev, test = split_by_target(train, data.split.dev_size, data.split.test_size, data.split.seed)
     else:
-        dev, dropped_dev = drop_empty_pairs(read_corpus(data.dev))
-        test, dropped_test = drop_empty_pairs(read_corpus(data.test)) if data.test else ([], 0)
+        dev, dropped_dev = read_pairs(data.dev, "dev")
+        test, dropped_test = read_pairs(data.test, "test") if data.test else ([], 0)
         dropped += dropped_dev + dropped_test
     return Corpora(train, dev, test, dropped)

@@ -6,11 +6,13 @@ decoding never need to ask the model which id is padding.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import sentencepiece as spm
 
+from attnmt.checkpoint import atomic_write
 from attnmt.config import TokenizerConfig, resolve_path
 from attnmt.errors import CheckpointError, ConfigError
 
@@ -26,6 +28,7 @@ EOS_PIECE = "</s>"
 JOINT_MODEL = "spm.model"
 SRC_MODEL = "src.model"
 TGT_MODEL = "tgt.model"
+TOKENIZER_FILES = (JOINT_MODEL, SRC_MODEL, TGT_MODEL)  # every name a model directory's tokenizer may have
 
 # Training settings that are not in the config: fixed so that the same data always gives the same model.
 TRAIN_SEED = 1234
@@ -91,27 +94,26 @@ def _train_options(config: TokenizerConfig) -> dict:
     }
 
 
-def _train_model(config: TokenizerConfig, sentences: Iterable[str], model_path: Path) -> None:
-    """Train one sentencepiece model on `sentences`, written to `model_path` (and its `.vocab` beside it)."""
-    model_path.parent.mkdir(parents=True, exist_ok=True)
+def _train_model(config: TokenizerConfig, sentences: Iterable[str], name: str) -> bytes:
+    """Train one sentencepiece model (to be called `name`) on `sentences`; its file's bytes. Training writes nothing:
+    the caller writes the bytes atomically, so that a failed write (a full disk) is reported as one."""
     spm.set_random_generator_seed(TRAIN_SEED)  # sampling and shuffling of input sentences
     iterator: Iterator[str] = iter(sentences)
+    model = io.BytesIO()
     try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iterator,
-            model_prefix=str(model_path.with_suffix("")),
-            **_train_options(config),
-        )
+        spm.SentencePieceTrainer.train(sentence_iterator=iterator, model_writer=model, **_train_options(config))
     except RuntimeError as error:
         raise ConfigError(
-            f"sentencepiece could not train {model_path.name}: {error}; check `tokenizer.vocab_size`, "
+            f"sentencepiece could not train {name}: {error}; check `tokenizer.vocab_size`, "
             f"`tokenizer.model_type` and `tokenizer.character_coverage` against the size of the training data"
         ) from None
+    return model.getvalue()
 
 
 def _remove_models(model_dir: Path) -> None:
-    """Delete tokenizer files of an earlier run, so that `load` never picks up a stale joint or separate model."""
-    for name in (JOINT_MODEL, SRC_MODEL, TGT_MODEL):
+    """Delete tokenizer files of an earlier run (and the `.vocab` files older versions wrote beside them), so that
+    `load` never picks up a stale joint or separate model."""
+    for name in TOKENIZER_FILES:
         for path in (model_dir / name, (model_dir / name).with_suffix(".vocab")):
             path.unlink(missing_ok=True)
 
@@ -129,22 +131,23 @@ class Tokenizer:
 
     @classmethod
     def train(cls, config: TokenizerConfig, sources: list[str], targets: list[str], out_dir: Path) -> "Tokenizer":
-        """Train new models on the training sentences, or copy the existing ones the config names, into `out_dir`."""
+        """Train new models on the training sentences, or copy the existing ones the config names, into `out_dir`
+        (each file written atomically; a failed write is a `StorageError` naming it)."""
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         existing = cls._read_existing(config) if config.src_model is not None else None
         if existing is None and config.tgt_model is not None:
             raise ConfigError("`tokenizer.tgt_model` is given without `tokenizer.src_model`; give both existing "
                               "models (with `joint: false`) or neither")
-        _remove_models(out_dir)
         if existing is not None:
-            for name, content in existing.items():
-                (out_dir / name).write_bytes(content)
+            models = existing
         elif config.joint:
-            _train_model(config, [*sources, *targets], out_dir / JOINT_MODEL)
+            models = {JOINT_MODEL: _train_model(config, [*sources, *targets], JOINT_MODEL)}
         else:
-            _train_model(config, sources, out_dir / SRC_MODEL)
-            _train_model(config, targets, out_dir / TGT_MODEL)
+            models = {SRC_MODEL: _train_model(config, sources, SRC_MODEL),
+                      TGT_MODEL: _train_model(config, targets, TGT_MODEL)}
+        _remove_models(out_dir)
+        for name, content in models.items():
+            atomic_write(out_dir / name, content)
         return cls.load(out_dir)
 
     @staticmethod

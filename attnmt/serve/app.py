@@ -1,13 +1,19 @@
 """The FastAPI app: `POST /translate`, `GET /health`, `GET /info`, the page at `/`, and FastAPI's `/openapi.json`.
 
 Every answer to a bad request is a 4xx JSON object `{"error": "<field>: <what is wrong>", "detail": ...}`: 400 for a
-body that is not JSON, 413 for a body over `max_body_bytes`, 422 for JSON that does not fit the schema (wrong types,
-unknown fields, empty lists, limits). 503 means the server is busy or shutting down; a 500 is a bug in attnmt.
+body that is not JSON, 401 for POST /translate without the API key (when the server has one), 408 for a body not sent
+within `body_timeout_s`, 413 for a body over `max_body_bytes` or a request over a limit the schema cannot say (a
+text's source subwords, the decoding work, the attention returned), 421 for a Host header the server does not answer
+to, 422 for JSON that does not fit the schema (wrong types, unknown fields, empty lists, limits; the schema at
+/openapi.json says exactly what is accepted), 429 for a client over its rate limit. 503 means the server is busy or
+shutting down, 504 that the translation took longer than `request_timeout_s`; a 500 is a bug in attnmt.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations, and the request model is
 # built per app (its limits come from the settings), so it is a local name that string annotations could not find.
 
+import asyncio
+import hmac
 import io
 import logging
 import math
@@ -19,22 +25,24 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import attnmt
 from attnmt import fonts
-from attnmt.config import SearchConfig
-from attnmt.errors import ConfigError
+from attnmt.config import LENGTH_SLACK, SearchConfig
+from attnmt.errors import ConfigError, TextTooLong
 from attnmt.models import ModelDescription
-from attnmt.serve import ServeSettings
+from attnmt.search import max_output_lengths
+from attnmt.serve import ServeSettings, is_ip_address
 from attnmt.serve.batcher import Batcher, BatcherClosed, QueueFull
-from attnmt.translator import Translation, Translator, attention_view
+from attnmt.translator import Translation, Translator, attention_view, check_source_lengths
 
 log = logging.getLogger("attnmt.serve")
 
@@ -46,6 +54,8 @@ PAGE_HEADERS = {
     "referrer-policy": "no-referrer",
 }
 ATTENTION_DECIMALS = 4
+FAILING_AFTER = 3  # model calls failed in a row before /health says "failing"
+SELF_CHECK_TEXT = "a"  # what the start-up self-check translates when the model directory offers no example
 
 
 def _web_font(path: Path) -> bytes:
@@ -102,7 +112,8 @@ class ErrorResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "failing"] = Field(description="failing (with HTTP 503): the model cannot translate")
+    error: str | None = Field(None, description="why it is failing: the start-up self-check's error, or failed calls")
     uptime_s: float
     queued_texts: int = Field(description="texts waiting for the model")
     incoming_requests: int = Field(description="translation requests being read or validated")
@@ -121,36 +132,93 @@ class InfoResponse(BaseModel):
     defaults: dict[str, Any]
     limits: dict[str, Any]
     batching: dict[str, Any]
+    api_key_required: bool = Field(description="POST /translate needs `Authorization: Bearer <key>`")
 
 
 ERROR_RESPONSES = {status: {"model": ErrorResponse, "description": description} for status, description in (
-    (400, "the body is not JSON"), (413, "the body is over max_body_bytes"),
-    (422, "the JSON does not fit the schema or a limit"), (503, "busy or shutting down: retry later"))}
+    (400, "the body is not JSON"), (401, "no API key, or not the server's (when it has one)"),
+    (408, "the body was not sent within body_timeout_s"),
+    (413, "the body is over max_body_bytes, a text over max_source_tokens subwords, or the request over "
+          "max_request_work or max_attention_values (see /info limits)"),
+    (421, "the Host header is not a name this server answers to"), (422, "the JSON does not fit the schema"),
+    (429, "over the rate limit: retry after Retry-After seconds"), (503, "busy or shutting down: retry later"),
+    (504, "not translated within request_timeout_s"))}
+HOST_RESPONSES = {421: ERROR_RESPONSES[421]}
 
 
 # ---- the request model: its limits come from the settings -------------------------------------------------------
 
+def _whole_number(value: Any) -> Any:
+    """2.0 → 2: JSON Schema's integers include the numbers whose fraction is zero, so the server takes them too."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _no_default(schema: dict) -> None:
+    schema.pop("default", None)  # absent, not null: the schema says which of text and texts must be there
+
+
+def _n_best_rules(settings: ServeSettings, defaults: SearchConfig) -> list[dict]:
+    """JSON Schema clauses saying which beam_size each n_best needs (none where any will do). They are found by asking
+    `SearchConfig.resolve`, the one owner of the rule n_best ≤ beam_size, about every pair within the limits, so that
+    the schema admits exactly the pairs the server accepts."""
+
+    def accepted(beam_size: int | None, n_best: int) -> bool:
+        try:
+            defaults.resolve(beam_size=beam_size, n_best=n_best)
+        except ConfigError:
+            return False
+        return True
+
+    every_beam = list(range(1, settings.max_beam_size + 1))
+    rules = []
+    for n_best in range(1, settings.max_n_best + 1):
+        beams = [beam for beam in every_beam if accepted(beam, n_best)]
+        default = accepted(None, n_best)
+        if beams == every_beam and default:
+            continue
+        then: dict | bool = False  # no beam_size within the limits allows this n_best
+        if beams:
+            beam = {"type": "integer",
+                    **({"minimum": beams[0]} if beams == every_beam[beams[0] - 1:] else {"enum": beams})}
+            then = ({"properties": {"beam_size": {"anyOf": [beam, {"type": "null"}]}}} if default else
+                    {"properties": {"beam_size": beam}, "required": ["beam_size"]})
+        rules.append({"if": {"properties": {"n_best": {"const": n_best}}, "required": ["n_best"]}, "then": then})
+    return rules
+
+
 def request_model(settings: ServeSettings, defaults: SearchConfig) -> type[BaseModel]:
     """The body of POST /translate; its limits come from the settings, its search defaults from `defaults` (the
-    model's, within the server's limits), and beam_size/n_best are checked by `SearchConfig.resolve`, as everywhere."""
+    model's, within the server's limits), and beam_size/n_best are checked by `SearchConfig.resolve`, as everywhere.
+    Its JSON schema says exactly what it accepts: one of `text` and `texts` (oneOf), and which beam_size each n_best
+    needs (`_n_best_rules`)."""
     Text = Annotated[str, StringConstraints(max_length=settings.max_text_chars)]
+    # (constraints before the validator: so they reach the JSON schema as minimum and maximum)
+    BeamSize = Annotated[int, Field(ge=1, le=settings.max_beam_size), BeforeValidator(_whole_number)]
+    NBest = Annotated[int, Field(ge=1, le=settings.max_n_best), BeforeValidator(_whole_number)]
+    n_best_rules = _n_best_rules(settings, defaults)
+
+    def schema_extra(schema: dict) -> None:
+        schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
+        if n_best_rules:
+            schema["allOf"] = n_best_rules
+        schema["examples"] = [
+            {"text": "나는 학생이다."},
+            {"texts": ["나는 학생이다.", "고마워요."], "beam_size": 5, "n_best": 3, "return_attention": True}]
 
     class TranslateRequest(BaseModel):
-        """Give `text` (one string) or `texts` (a list of strings)."""
+        """Give `text` (one string) or `texts` (a list of strings); n_best may not exceed beam_size."""
 
-        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
-            {"text": "나는 학생이다."},
-            {"texts": ["나는 학생이다.", "고마워요."], "beam_size": 5, "n_best": 3, "return_attention": True}]})
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=schema_extra)
 
-        text: Text | None = Field(None, description=f"one text, at most {settings.max_text_chars} characters")
-        texts: list[Text] | None = Field(None, min_length=1, max_length=settings.max_texts,
-                                         description=f"1 to {settings.max_texts} texts of at most "
-                                                     f"{settings.max_text_chars} characters each")
-        beam_size: int | None = Field(None, ge=1, le=settings.max_beam_size,
-                                      description=f"1 = greedy; default {defaults.beam_size} (the model's config)")
-        n_best: int | None = Field(None, ge=1, le=settings.max_n_best,
-                                   description=f"hypotheses to return per text, at most beam_size; default "
-                                               f"{defaults.n_best}, or beam_size if that is smaller")
+        text: Text = Field(None, description=f"one text, at most {settings.max_text_chars} characters",
+                           json_schema_extra=_no_default)
+        texts: list[Text] = Field(None, min_length=1, max_length=settings.max_texts, json_schema_extra=_no_default,
+                                  description=f"1 to {settings.max_texts} texts of at most "
+                                              f"{settings.max_text_chars} characters each")
+        beam_size: BeamSize | None = Field(None, description=f"1 = greedy; default {defaults.beam_size} (the "
+                                                             f"model's config)")
+        n_best: NBest | None = Field(None, description=f"hypotheses to return per text, at most beam_size; default "
+                                                       f"{defaults.n_best}, or beam_size if that is smaller")
         return_attention: bool = Field(False, description="also return the source/target tokens and the attention")
 
         @model_validator(mode="after")
@@ -162,6 +230,13 @@ def request_model(settings: ServeSettings, defaults: SearchConfig) -> type[BaseM
                 raise ValueError("text, texts: give either `text` or `texts`, not both")
             self.search_options()
             return self
+
+        def all_texts(self) -> list[str]:
+            return [self.text] if self.texts is None else list(self.texts)
+
+        def field(self, index: int) -> str:
+            """The name of text `index` in this request."""
+            return "text" if self.texts is None else f"texts[{index}]"
 
         def search_options(self) -> dict[str, int]:
             try:
@@ -218,19 +293,93 @@ def _error_response(status: int, message: str, detail: Any = None, headers: dict
 SUBMITTED = "attnmt.submitted"  # scope key: this request has reached the batcher
 
 
-class _Guard:
-    """Pure ASGI middleware: caps the request body at `max_bytes` (413, whether Content-Length is given or the body
-    comes in chunks), adds safety headers (the page gets a strict Content-Security-Policy), and counts the
-    translation requests on their way to the batcher (`Batcher.incoming`), so that it waits for company only when
-    some is coming."""
+class RateLimiter:
+    """A token bucket per client address: `per_minute` requests a minute on average, `per_minute` at most in one go.
+    Buckets that have filled up again are forgotten, so the table stays as small as the set of recent clients."""
 
-    def __init__(self, app, max_bytes: int, batcher: Batcher) -> None:
+    def __init__(self, per_minute: int, clock=time.monotonic) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0  # tokens a second
+        self.clock = clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # client → (tokens, when counted)
+
+    def wait(self, client: str) -> float:
+        """0 if `client` may send a request now (it takes a token), else the seconds until it may."""
+        now = self.clock()
+        tokens, then = self.buckets.get(client, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - then) * self.rate)
+        if len(self.buckets) > 10_000:
+            self._forget_full(now)
+        if tokens >= 1:
+            self.buckets[client] = (tokens - 1, now)
+            return 0.0
+        self.buckets[client] = (tokens, now)
+        return (1 - tokens) / self.rate
+
+    def _forget_full(self, now: float) -> None:
+        self.buckets = {client: (tokens, then) for client, (tokens, then) in self.buckets.items()
+                        if tokens + (now - then) * self.rate < self.capacity}
+
+
+def _header(scope, name: bytes) -> bytes | None:
+    return next((value for key, value in scope.get("headers", []) if key == name), None)
+
+
+def _host_name(value: bytes) -> str:
+    """The name of a Host header, without its port: `example.org:8000` → example.org, `[::1]:8000` → ::1."""
+    host = value.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host[1:]
+    return (host.rpartition(":")[0] if host.count(":") == 1 else host).rstrip(".")
+
+
+class _Guard:
+    """Pure ASGI middleware in front of every endpoint. Before any body is read, it refuses a Host header that is not
+    an IP address or one of `allowed_hosts` (421: a page on another site that rebinds its DNS name to this server
+    cannot use it), and a POST /translate from a client over its `rate_limit` (429, with Retry-After) or without the
+    API key when the server has one (401). It caps the request body at `max_body_bytes` (413, whether Content-Length
+    is given or the body comes in chunks) and the time to send it at `body_timeout_s` (408), adds safety headers (the
+    page gets a strict Content-Security-Policy), and counts the translation requests on their way to the batcher
+    (`Batcher.incoming`), so that it waits for company only when some is coming."""
+
+    def __init__(self, app, settings: ServeSettings, batcher: Batcher) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_bytes = settings.max_body_bytes
+        self.body_timeout = settings.body_timeout_s
+        hosts = settings.allowed_hosts
+        self.hosts = None if hosts is None or "*" in hosts else {host.lower().rstrip(".") for host in hosts}
+        self.key = None if settings.api_key is None else settings.api_key.get_secret_value().encode()
+        self.limiter = None if settings.rate_limit is None else RateLimiter(settings.rate_limit)
         self.batcher = batcher
 
     def _too_large(self) -> str:
         return f"body: larger than the limit of {self.max_bytes} bytes (max_body_bytes); send fewer or shorter texts"
+
+    def _refusal(self, scope) -> JSONResponse | None:
+        """The answer to a request refused before its body is read, or None."""
+        host = _header(scope, b"host")
+        if self.hosts is not None:
+            name = None if host is None else _host_name(host)
+            if name is None or not (name in self.hosts or is_ip_address(name)):
+                shown = "missing" if name is None else f"{_short(name, 100)!r} is not a name this server answers to"
+                return _error_response(421, f"Host: {shown}; if it should be, start the server with "
+                                            f"--allowed-host NAME")
+        if not (scope.get("path") == "/translate" and scope.get("method") == "POST"):
+            return None
+        if self.limiter is not None:
+            client = (scope.get("client") or ("unknown",))[0]
+            wait = self.limiter.wait(client)
+            if wait > 0:
+                return _error_response(429, f"rate limit: more than {self.limiter.capacity:g} translation requests a "
+                                            f"minute from {client} (rate_limit); retry in {math.ceil(wait)} s",
+                                       headers={"retry-after": str(math.ceil(wait))})
+        if self.key is not None:
+            scheme, _, token = (_header(scope, b"authorization") or b"").partition(b" ")
+            if not (scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)):
+                problem = ("the API key is not the server's" if scheme else
+                           "this server needs an API key: send `Authorization: Bearer <key>`")
+                return _error_response(401, f"Authorization: {problem}", headers={"www-authenticate": "Bearer"})
+        return None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -247,7 +396,11 @@ class _Guard:
                 message = {**message, "headers": headers}
             await send(message)
 
-        length = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send_with_headers)
+            return
+        length = _header(scope, b"content-length")
         if length is not None:
             try:
                 declared = int(length)
@@ -260,14 +413,26 @@ class _Guard:
                 await _error_response(413, self._too_large())(scope, receive, send_with_headers)
                 return
         received = 0
+        body_done = False
+        deadline: float | None = None
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done, deadline
+            if body_done:
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.body_timeout
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise StarletteHTTPException(408, f"body: not all sent within {self.body_timeout:g} s "
+                                                  f"(body_timeout_s); send the whole body at once",
+                                             headers={"connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise StarletteHTTPException(413, self._too_large())
+                body_done = not message.get("more_body", False)
             return message
 
         counted = scope.get("path") == "/translate" and scope.get("method") == "POST"
@@ -309,6 +474,36 @@ def _translation_out(result: Translation, with_n_best: bool, with_attention: boo
     return TranslationOut(**fields)
 
 
+def attention_numbers_per_position(model: ModelDescription) -> int:
+    """Numbers a response with return_attention carries per target × source position (`_translation_out`): the default
+    view, and for a model of several layers or heads also every head and every layer's mean; none without attention."""
+    if not model.has_attention:
+        return 0
+    heads = model.attention_layers * model.attention_heads
+    return 1 if heads == 1 else 1 + heads + model.attention_layers
+
+
+def _render(results: list[Translation], options: dict[str, int], with_attention: bool, begin: float) -> bytes:
+    """The JSON body of a TranslateResponse (run off the event loop: a body with attention can be large)."""
+    items = [_translation_out(r, options["n_best"] > 1, with_attention) for r in results]
+    response = TranslateResponse(translations=items, elapsed_ms=round((time.perf_counter() - begin) * 1000, 2),
+                                 **options)
+    return response.model_dump_json(exclude_unset=True).encode()
+
+
+def _self_check(translator: Translator, defaults: SearchConfig, text: str) -> str | None:
+    """Translate one text as a request with the default options would: what is wrong, or None. /health reports it,
+    so that a server whose model cannot translate does not say ok."""
+    try:
+        [result] = translator.translate([text], beam_size=defaults.beam_size, n_best=defaults.n_best)
+    except Exception as error:  # what a request would get as a 500
+        return f"the model cannot translate: a test translation failed ({type(error).__name__}: {_short(error)})"
+    if not math.isfinite(result.score):
+        return (f"the model cannot translate: a test translation's log-probability is {result.score}, not a finite "
+                f"number; check or retrain the model")
+    return None
+
+
 # ---- the app ------------------------------------------------------------------------------------------------------
 
 def create_app(translator: Translator, settings: ServeSettings | None = None, examples: list[str] | None = None
@@ -321,6 +516,10 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
     defaults = translator.search_settings(beam_size=min(config.search.beam_size, settings.max_beam_size))
     defaults = defaults.resolve(n_best=min(defaults.n_best, settings.max_n_best))  # the model's, within the limits
     TranslateRequest = request_model(settings, defaults)
+    max_source_tokens = settings.max_source_tokens or translator.max_source_tokens
+    source_cap = ("max_source_tokens" if settings.max_source_tokens else
+                  "max_source_tokens: the model's data.max_length, the longest source it was trained on")
+    per_position = attention_numbers_per_position(model)
     batcher = Batcher(translate=translator.translate, max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.max_wait_ms, max_queued_texts=settings.max_queued_texts,
                       thread_initializer=partial(torch.set_num_threads, settings.threads))
@@ -329,6 +528,10 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
+        app.state.self_check = await run_in_threadpool(_self_check, translator, defaults,
+                                                       (examples or [SELF_CHECK_TEXT])[0])
+        if app.state.self_check:
+            log.error("%s; /health answers 503", app.state.self_check)
         try:
             yield
         finally:
@@ -340,8 +543,36 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
     app.state.settings = settings
     app.state.translator = translator
     app.state.batcher = batcher
+    app.state.self_check = None  # the start-up self-check's error (the lifespan runs it)
     batcher.incoming = 0
-    app.add_middleware(_Guard, max_bytes=settings.max_body_bytes, batcher=batcher)
+    app.add_middleware(_Guard, settings=settings, batcher=batcher)
+    # The guard checks the key; this declares it in the schema (and /docs asks for it).
+    security = [] if settings.api_key is None else [Security(HTTPBearer(auto_error=False, description="the API key"))]
+
+    def refusal(request: TranslateRequest) -> str | None:  # type: ignore[valid-type]
+        """Why a request the schema admits is over a limit the schema cannot say (413), or None: a text over
+        max_source_tokens subwords, decoding work over max_request_work, attention over max_attention_values."""
+        lengths = translator.source_lengths(request.all_texts())
+        try:
+            check_source_lengths(lengths, max_source_tokens)
+        except TextTooLong as error:
+            return (f"{request.field(error.index)}: {error.length} subwords, over the limit of {error.limit} "
+                    f"({source_cap}); split it into shorter texts")
+        sources = torch.tensor(lengths)
+        outputs = max_output_lengths(sources, defaults.max_length_ratio) * (sources > 0)  # an empty text: no search
+        beam_size = request.search_options()["beam_size"]
+        work = beam_size * int(outputs.sum())
+        if work > settings.max_request_work:
+            return (f"{'text' if request.texts is None else 'texts'}, beam_size: up to {work:,} decoding steps "
+                    f"(beam_size {beam_size} × the most target tokens of each text, {defaults.max_length_ratio:g} × "
+                    f"its subwords + {LENGTH_SLACK}), over the limit of {settings.max_request_work:,} a request "
+                    f"(max_request_work); send fewer or shorter texts, or a smaller beam_size")
+        values = per_position * int(((outputs + 1) * sources).sum())
+        if request.return_attention and values > settings.max_attention_values:
+            return (f"return_attention: the attention of these texts could hold {values:,} numbers, over the limit "
+                    f"of {settings.max_attention_values:,} a request (max_attention_values); send fewer or shorter "
+                    f"texts, or leave out return_attention")
+        return None
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -360,33 +591,49 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
         return _error_response(error.status_code, message, headers=getattr(error, "headers", None))
 
     @app.post("/translate", response_model=TranslateResponse, response_model_exclude_unset=True,
-              responses=ERROR_RESPONSES, summary="Translate one text or a list of texts")
+              responses=ERROR_RESPONSES, dependencies=security, summary="Translate one text or a list of texts")
     async def translate(request: TranslateRequest, http: Request) -> Any:  # type: ignore[valid-type]
         """Translations in request order, with scores; `n_best` hypotheses when n_best > 1; with
         `return_attention`, the source tokens, the target tokens (ending in `</s>`) and the attention matrix
-        (one row per target token, one column per source token). An empty text gives an empty translation."""
+        (one row per target token, one column per source token). An empty text gives an empty translation.
+        A text over max_source_tokens subwords, or a request over max_request_work or max_attention_values, gets 413
+        (see /info limits)."""
         begin = time.perf_counter()
-        texts = [request.text] if request.text is not None else list(request.texts)
+        problem = refusal(request)
+        if problem is not None:
+            return _error_response(413, problem)
         options = request.search_options()
         http.scope[SUBMITTED] = True
-        batcher.expect(-1)  # no await between this and the job joining the queue in `submit`
+        batcher.expect(-1)  # no await between this and the job joining the queue in `enqueue`
         try:
             # text-only requests skip gathering attention; the two kinds are never batched together
-            results = await batcher.submit(texts, attention=request.return_attention, **options)
+            results = await asyncio.wait_for(
+                batcher.enqueue(request.all_texts(), attention=request.return_attention, **options),
+                settings.request_timeout_s)
         except QueueFull as error:
             return _error_response(503, f"busy: {error}; retry shortly", headers={"retry-after": "1"})
         except BatcherClosed as error:
             return _error_response(503, f"unavailable: {error}")
+        except asyncio.TimeoutError:  # its texts not yet translated are dropped from the queue
+            return _error_response(504, f"timeout: not translated within {settings.request_timeout_s:g} s "
+                                        f"(request_timeout_s); the server is busy: retry later, or send fewer texts")
         except Exception as error:  # a bug, not the client's doing: say so, keep serving
             log.exception("translation failed")
             return _error_response(500, f"internal error while translating: {type(error).__name__}")
-        items = [_translation_out(r, options["n_best"] > 1, request.return_attention) for r in results]
-        return TranslateResponse(translations=items, elapsed_ms=round((time.perf_counter() - begin) * 1000, 2),
-                                 **options)
+        body = await run_in_threadpool(_render, results, options, request.return_attention, begin)
+        return Response(body, media_type="application/json")
 
-    @app.get("/health", response_model=HealthResponse, summary="Liveness, queue length and batching counters")
-    async def health() -> HealthResponse:
-        return HealthResponse(status="ok", uptime_s=round(time.monotonic() - started, 1),
+    @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse, "description":
+                                                                       "the model cannot translate"}, **HOST_RESPONSES},
+             summary="Is the model translating? Queue length and batching counters")
+    async def health(response: Response) -> HealthResponse:
+        problem = app.state.self_check
+        if problem is None and batcher.stats.failure_streak >= FAILING_AFTER:
+            problem = f"the last {batcher.stats.failure_streak} model calls failed; see the server's log"
+        if problem is not None:
+            response.status_code = 503
+        return HealthResponse(status="ok" if problem is None else "failing", error=problem,
+                              uptime_s=round(time.monotonic() - started, 1),
                               queued_texts=batcher.queued_texts, incoming_requests=batcher.incoming or 0,
                               batching=batcher.stats.as_dict())
 
@@ -397,13 +644,17 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
         source_vocab_size=translator.tokenizer.src_vocab_size, target_vocab_size=translator.tokenizer.tgt_vocab_size,
         defaults={"beam_size": defaults.beam_size, "n_best": defaults.n_best,
                   "length_penalty": defaults.length_penalty, "max_length_ratio": defaults.max_length_ratio},
-        limits={"max_text_chars": settings.max_text_chars, "max_texts": settings.max_texts,
-                "max_beam_size": settings.max_beam_size, "max_n_best": settings.max_n_best,
-                "max_body_bytes": settings.max_body_bytes},
+        limits={"max_text_chars": settings.max_text_chars, "max_source_tokens": max_source_tokens,
+                "max_texts": settings.max_texts, "max_beam_size": settings.max_beam_size,
+                "max_n_best": settings.max_n_best, "max_request_work": settings.max_request_work,
+                "max_attention_values": settings.max_attention_values, "max_body_bytes": settings.max_body_bytes,
+                "request_timeout_s": settings.request_timeout_s, "rate_limit": settings.rate_limit},
         batching={"enabled": settings.batching, "max_batch_size": settings.max_batch_size,
-                  "max_wait_ms": settings.max_wait_ms, "threads": settings.threads})
+                  "max_wait_ms": settings.max_wait_ms, "threads": settings.threads},
+        api_key_required=settings.api_key is not None)
 
-    @app.get("/info", response_model=InfoResponse, summary="The model: type, languages, vocabularies, attention")
+    @app.get("/info", response_model=InfoResponse, responses=HOST_RESPONSES,
+             summary="The model: type, languages, vocabularies, attention, limits")
     async def get_info() -> InfoResponse:
         return info
 

@@ -14,6 +14,7 @@
   const source = $("source");
   const beamInput = $("beam-size");
   const nBestInput = $("n-best");
+  const apiKeyInput = $("api-key");
   const button = $("translate");
   const status = $("status");
   const result = $("result");
@@ -64,6 +65,7 @@
         `${attention} · vocabularies ${info.source_vocab_size} / ${info.target_vocab_size}`;
       setLayout(layers, heads);
       $("source-lang").textContent = `(${info.source_language})`;
+      $("api-key-option").hidden = !info.api_key_required;
       beamInput.max = info.limits.max_beam_size;
       beamInput.value = info.defaults.beam_size;
       nBestInput.max = info.limits.max_n_best;
@@ -190,9 +192,10 @@
     result.setAttribute("aria-busy", "true");
     setStatus("Translating…");
     try {
-      const response = await fetch("/translate", {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-      });
+      const headers = { "Content-Type": "application/json" };
+      const apiKey = apiKeyInput.value.trim();
+      if (apiKey) headers.Authorization = `Bearer ${apiKey}`; // a server started with --api-key asks for it
+      const response = await fetch("/translate", { method: "POST", headers, body: JSON.stringify(body) });
       let data = null;
       try { data = await response.json(); } catch (_) { /* not JSON: say the status */ }
       if (!response.ok) {
