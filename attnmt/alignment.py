@@ -11,6 +11,14 @@ translate well), but these numbers tell whether it behaves like one.
                          decoder starts from it, so an attention that has learned little rests there.
     crossings            pairs of target steps t < t' whose strongest sources go backwards, a_t > a_t' (EOS step
                          excluded): > 0 where the word order changes, as from Korean (verb last) to English.
+
+Word alignment from attention (`attnmt translate --print-alignment`): subwords are merged into words first, a
+sentencepiece piece that starts with "▁" starting a word (so words are the whitespace-separated words of the text),
+
+    word attention       A_jw = (1/|t(j)|) Σ_{t ∈ t(j)} Σ_{s ∈ s(w)} α_ts    target word j's pieces t(j) averaged,
+                         source word w's pieces s(w) summed (the EOS step dropped): each row still sums to ≤ 1
+    alignment            for every target word j, the pair (i, j) with i = argmax_w A_jw, written the Moses way
+                         "i-j" (0-based source word, target word), e.g. "0-0 2-1 1-2"
 """
 
 from __future__ import annotations
@@ -59,3 +67,47 @@ def instructive_example(matrices: list[np.ndarray], qualities: list[float], min_
         return sized and crossings(matrices[i]) > 0, sized, qualities[i]
 
     return max(range(len(matrices)), key=rank)
+
+
+WORD_START = "\u2581"  # sentencepiece's "▁": the piece begins a new word
+
+
+def word_ids(pieces: list[str]) -> list[int]:
+    """The word of each subword piece (0-based): a piece starting with "▁" starts a new word; the first piece always
+    starts word 0."""
+    ids, word = [], -1
+    for position, piece in enumerate(pieces):
+        if position == 0 or piece.startswith(WORD_START):
+            word += 1
+        ids.append(word)
+    return ids
+
+
+def _membership(ids: list[int]) -> np.ndarray:
+    """One-hot G [pieces, words]: G_pw = 1 if piece p is part of word w."""
+    matrix = np.zeros((len(ids), ids[-1] + 1 if ids else 0))
+    matrix[np.arange(len(ids)), ids] = 1.0
+    return matrix
+
+
+def word_attention(weights: np.ndarray, source_pieces: list[str], target_pieces: list[str]) -> np.ndarray:
+    """A_jw = (1/|t(j)|) Σ_{t ∈ t(j)} Σ_{s ∈ s(w)} α_ts: attention α [T (+ the EOS step), S] between subwords →
+    [target words, source words], the pieces of a source word summed, those of a target word averaged."""
+    source_words = _membership(word_ids(source_pieces))  # [S, Sw]
+    target_words = _membership(word_ids(target_pieces))  # [T, Tw]
+    summed = target_words.T @ weights[:len(target_pieces)] @ source_words  # [Tw, Sw]
+    return summed / np.maximum(target_words.sum(axis=0), 1.0)[:, None]
+
+
+def word_alignment(weights: np.ndarray, source_pieces: list[str], target_pieces: list[str]) -> list[tuple[int, int]]:
+    """(i, j) for every target word j in order: i = argmax_w A_jw, its strongest source word (`word_attention`);
+    none when either side is empty."""
+    if not source_pieces or not target_pieces:
+        return []
+    strongest = word_attention(weights, source_pieces, target_pieces).argmax(axis=1)  # [Tw]
+    return [(int(i), j) for j, i in enumerate(strongest)]
+
+
+def moses_format(pairs: list[tuple[int, int]]) -> str:
+    """Alignment pairs as Moses writes them: "i-j" (source word, target word, 0-based), space-separated."""
+    return " ".join(f"{i}-{j}" for i, j in pairs)

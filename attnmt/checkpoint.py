@@ -8,6 +8,8 @@
       manifest.json          SHA-256 and size of each file above (attnmt/manifest.py), written last
       train_state/           the last step, for `attnmt train --resume`
         model.safetensors  optimizer.safetensors  rng.safetensors  state.json
+      checkpoints/           with `training.keep_checkpoints: N`: the parameters of the last N validations
+        step_<S>.safetensors   (for `attnmt average`)
 
 Every file is written atomically (temporary file, fsync, rename), with the permissions any new file gets (0o666 less
 the umask); `train_state/` is written as a new folder and swapped in, so a crash at any moment leaves either the old
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -185,6 +188,67 @@ def load_model_weights(path: Path, model: torch.nn.Module) -> None:
     check_finite(path, tensors)
     check_fit(path, tensors, model)
     model.load_state_dict(tensors, strict=False)  # strict=False: a tied parameter is stored once (`model_tensors`)
+
+
+# --- kept checkpoints (training.keep_checkpoints) -----------------------------------------------------------------
+#
+# checkpoints/step_<S>.safetensors: the parameters at the validation of step S, written atomically. After each one
+# only the newest `keep` stay. A resumed run first drops those of steps after the state it resumes from (a run killed
+# after a validation and before its train_state/ save wrote them): it replays those steps and writes them again, so
+# the folder holds what the straight run's holds.
+
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_NAME = re.compile(r"step_(\d+)\.safetensors")
+
+
+def checkpoint_path(model_dir: Path, step: int) -> Path:
+    return Path(model_dir) / CHECKPOINTS / f"step_{step}.safetensors"
+
+
+def kept_checkpoints(model_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint in MODEL_DIR/checkpoints/, oldest first."""
+    folder = Path(model_dir) / CHECKPOINTS
+    found = [(int(match.group(1)), path) for path in folder.glob("step_*.safetensors")
+             if (match := CHECKPOINT_NAME.fullmatch(path.name))] if folder.is_dir() else []
+    return sorted(found)
+
+
+def keep_checkpoint(model_dir: Path, step: int, model: torch.nn.Module, keep: int) -> None:
+    """Write the parameters of step `step` to checkpoints/step_<step>.safetensors, then delete all but the newest
+    `keep` checkpoints."""
+    save_model(checkpoint_path(model_dir, step), model)
+    for _, path in kept_checkpoints(model_dir)[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+def drop_checkpoints_after(model_dir: Path, step: int) -> None:
+    """Delete the checkpoints of steps after `step`, and what writes cut short left there (a resumed run's first
+    act: it replays those steps)."""
+    for later, path in kept_checkpoints(model_dir):
+        if later > step:
+            path.unlink(missing_ok=True)
+    folder = Path(model_dir) / CHECKPOINTS
+    if folder.is_dir():
+        for temporary in folder.glob(TEMPORARY_FILES):
+            temporary.unlink(missing_ok=True)
+
+
+def last_checkpoints(model_dir: Path, count: int | None = None) -> list[tuple[int, Path]]:
+    """The newest `count` kept checkpoints (None: all), oldest first; a `CheckpointError` saying what to do if there
+    are none or fewer."""
+    kept = kept_checkpoints(model_dir)
+    folder = Path(model_dir) / CHECKPOINTS
+    if not kept:
+        raise CheckpointError(f"{folder} holds no checkpoints: train with `training.keep_checkpoints: N` (e.g. "
+                              f"--set training.keep_checkpoints=5), which keeps the parameters of the last N "
+                              f"validations there")
+    if count is not None and count < 1:
+        raise CheckpointError(f"cannot average {count} checkpoints: give a number of at least 1")
+    if count is not None and count > len(kept):
+        steps = ", ".join(str(step) for step, _ in kept)
+        raise CheckpointError(f"{folder} holds {len(kept)} checkpoint(s) (steps {steps}), not {count}: average "
+                              f"fewer (-n {len(kept)}), or keep more (`training.keep_checkpoints`)")
+    return kept if count is None else kept[-count:]
 
 
 # --- optimizer state ---------------------------------------------------------------------------------------------

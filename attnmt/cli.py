@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import queue
 import secrets
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
 from attnmt import __version__
 from attnmt.config import LENGTH_SLACK
-from attnmt.errors import AttnmtError, CheckpointError, CorpusError, StorageError
+from attnmt.evaluation import TOKENIZERS
+from attnmt.errors import AttnmtError, BudgetSpent, CheckpointError, CorpusError, StorageError
 
 DEMO_CONFIG = "pkg://configs/ko_en_demo.yaml"
 DEMO_EXAMPLES = 8
@@ -36,9 +41,13 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _search_options(args) -> dict:
+    """The search options of the command line (None: not given, the model's default); `SearchConfig.resolve`
+    checks them."""
     return {"beam_size": args.beam_size, "n_best": getattr(args, "n_best", None),
             "length_penalty": args.length_penalty, "max_length_ratio": args.max_length_ratio,
-            "batch_size": args.batch_size}
+            "batch_size": args.batch_size, "prefix": args.prefix, "min_length": args.min_length,
+            "no_repeat_ngram_size": args.no_repeat_ngram_size, "sampling": args.sample or None, "top_k": args.top_k,
+            "top_p": args.top_p, "temperature": args.temperature, "seed": args.seed}
 
 
 def _train_arguments(args) -> list[str]:
@@ -72,6 +81,9 @@ def launch_distributed(args) -> None:
                   *_train_arguments(args)])
     except ChildFailedError as failure:
         codes = sorted({f.exitcode for f in failure.failures.values()})
+        if codes == [BudgetSpent.exit_status]:
+            raise BudgetSpent("the run has nothing left to train: the message above says how to raise its budget"
+                              ) from None
         raise AttnmtError(f"training processes failed (exit code {', '.join(map(str, codes))}); their messages "
                           f"are above") from None
 
@@ -86,89 +98,299 @@ def command_train(args) -> None:
         return
     config = load_config(args.config, _overrides(args.set))
     summary = train(config, Path(args.model_dir) if args.model_dir else None, resume=args.resume,
-                    show_progress=not args.quiet)
+                    show_progress=not args.quiet, refuse_spent=True)
     if not distributed.is_main():
         return
     print(f"trained {summary['steps']} steps in {summary['seconds'] / 60:.1f} min "
           f"({summary['target_tokens_per_second']:,.0f} target tokens/s); best dev BLEU {summary['best_dev_bleu']:.2f}; "
           f"model in {summary['model_dir']}")
+    _print_end_of_training(summary)
 
 
-def _read_input(path: str | None) -> list[str]:
-    from attnmt.data import read_lines
+def _print_end_of_training(summary: dict) -> None:
+    """What `training.average_last` chose and the test scores (test_scores.json), if the run had them."""
+    from attnmt.evaluation import format_scores
 
-    if path is None:
-        return _read_stdin()
-    return read_lines(Path(path), role="input file")
+    if (average := summary.get("average")) is not None:
+        chosen = "it is the model now" if average["installed"] else "the best model stays"
+        print(f"average of the checkpoints of steps {', '.join(map(str, average['steps']))}: dev BLEU "
+              f"{average['dev_bleu']:.2f}, the best validation's {average['best_dev_bleu']:.2f}: {chosen}")
+    if (test := summary.get("test")) is not None:
+        print(f"test: {test['test_set']}")
+        print("\n".join("  " + line for line in format_scores(test, test["search"])))
 
 
-def _read_stdin() -> list[str]:
-    """The lines of standard input, which must be UTF-8: a byte that is not (a decoding error, or the surrogate a C
-    locale's stdin passes it on as) is a `CorpusError`."""
-    lines: list[str] = []
+STDIN_PAUSE_S = 0.05  # stdin quiet this long: translate the lines read so far (translate's streaming)
+BUFFER_SIZE = 1000  # default --buffer-size: lines translated together at most
+_END = object()  # the reader thread's last item: the end of standard input
+
+
+TRANSLATE_FORMATS = f"""Translate each input line, in order: one output line per input line (a blank line gives an
+empty line), written and flushed as each batch is done, so attnmt translate can sit in a pipe.
+
+--n-best K: K lines per input line, "index<TAB>rank<TAB>score<TAB>logprob<TAB>text":
+  index    the input line, 0-based          rank     1..K, best first
+  score    what the beam ranks by: logprob / ((5 + n) / 6) ** length_penalty, n the tokens with EOS
+  logprob  the model's log-probability Σ log p(y_t | y_<t, x) (the two are equal with length_penalty 0
+           or greedy search)
+  A blank input line gives one line "index<TAB>1<TAB>0.0000<TAB>0.0000<TAB>" (an empty text).
+--print-alignment: "<TAB>i-j i-j ..." after each line's text, one pair per target word j (0-based), i its
+  strongest source word by the attention (subword pieces merged into words: a source word's pieces
+  summed, a target word's averaged); --layer/--head choose the attention (default: the last layer,
+  averaged over its heads). Attention is not a guaranteed word alignment.
+Several model directories: one ensemble (same tokenizer files); the first's config gives the defaults.
+Streaming: a batch is translated once --buffer-size lines are read, or when stdin has paused for
+{STDIN_PAUSE_S * 1000:g} ms."""
+
+SCORE_FORMATS = """The model's log-probability of each reference given its source, by teacher forcing: one line per
+pair, "index<TAB>logprob<TAB>tokens" (index 0-based; logprob Σ log p(y_t | y_<t, x) over the
+reference's subwords and EOS; tokens their count, EOS included), then on stderr the corpus perplexity
+exp(−Σ logprob / Σ tokens). --json: one JSON object {"pairs": [{"index", "log_prob", "tokens"}, ...],
+"log_prob", "tokens", "perplexity"} on stdout. An empty reference is EOS alone; an empty source is an error."""
+
+
+def _stdin_error(line_number: int) -> CorpusError:
+    return CorpusError(f"standard input is not UTF-8 text (at or after line {line_number}); re-encode it, e.g. with "
+                       f"`iconv -f CP949 -t UTF-8` (use its real encoding), or give it as --input FILE to see the line "
+                       f"and byte")
+
+
+def _read_stdin_lines(into: queue.Queue) -> None:
+    """The reader thread of `stdin_batches`: each line of standard input (which must be UTF-8: a byte that is not, a
+    decoding error or the surrogate a C locale's stdin passes it on as, is a `CorpusError`) into the queue, then an
+    exception if reading failed, then `_END`."""
+    count = 0
     try:
         for line in sys.stdin:
             line.encode("utf-8")  # a surrogate does not encode
-            lines.append(line.rstrip("\r\n"))
+            into.put(line.rstrip("\r\n"))
+            count += 1
     except UnicodeError:
-        raise CorpusError(f"standard input is not UTF-8 text (at or after line {len(lines) + 1}); re-encode it, e.g. "
-                          f"with `iconv -f CP949 -t UTF-8` (use its real encoding), or give it as --input FILE to "
-                          f"see the line and byte") from None
-    return lines
+        into.put(_stdin_error(count + 1))
+    except BaseException as error:  # handed to the main thread, which raises it
+        into.put(error)
+    into.put(_END)
 
 
-def command_translate(args) -> None:
+def stdin_batches(buffer_size: int, pause_s: float = STDIN_PAUSE_S) -> Iterator[list[str]]:
+    """Standard input's lines in batches, as they arrive: a batch ends at `buffer_size` lines, when no further line
+    comes within `pause_s` (a person typing, a pipe that pauses) and at the end of the input. A reader thread reads
+    stdin into a queue, so a batch is translated while later lines are read. A read error (not UTF-8) is raised
+    instead of the batch it falls in."""
+    lines: queue.Queue = queue.Queue(maxsize=2 * buffer_size)
+    threading.Thread(target=_read_stdin_lines, args=(lines,), daemon=True, name="attnmt-stdin").start()
+    batch: list[str] = []
+    while True:
+        try:
+            item = lines.get(timeout=pause_s) if batch else lines.get()
+        except queue.Empty:  # stdin paused: translate what there is
+            yield batch
+            batch = []
+            continue
+        if isinstance(item, BaseException):  # the batch it falls in is not translated
+            raise item
+        if item is _END:
+            if batch:
+                yield batch
+            return
+        batch.append(item)
+        if len(batch) >= buffer_size:
+            yield batch
+            batch = []
+
+
+def _input_batches(args, translator, limit: int) -> Iterator[list[str]]:
+    """The input in batches of at most --buffer-size lines: a file read whole (and every line checked against the
+    source length cap before anything is translated), or stdin as it arrives (`stdin_batches`; each batch checked
+    before it is translated)."""
+    from attnmt.data import read_lines
+
+    if args.input is None:
+        offset = 0
+        for batch in stdin_batches(args.buffer_size):
+            _check_lengths(args, translator, batch, limit, offset)
+            yield batch
+            offset += len(batch)
+        return
+    lines = read_lines(Path(args.input), role="input file")
+    _check_lengths(args, translator, lines, limit, 0)
+    for start in range(0, len(lines), args.buffer_size):
+        yield lines[start:start + args.buffer_size]
+
+
+def _check_lengths(args, translator, lines: list[str], limit: int, offset: int) -> None:
+    """The source length cap (`check_source_lengths`) over lines `offset`..., as a message naming the input line."""
     from attnmt.errors import TextTooLong
-    from attnmt.translator import Translator, check_source_lengths
+    from attnmt.translator import check_source_lengths
 
-    if args.max_source_tokens is not None and args.max_source_tokens < 1:
-        raise AttnmtError(f"--max-source-tokens {args.max_source_tokens}: give a number of subwords, at least 1")
-    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
-    translator.search_settings(**_search_options(args))  # a bad option stops here, before any input is read
-    lines = _read_input(args.input)
-    limit = args.max_source_tokens or translator.max_source_tokens
-    try:  # before any output: a line over the cap stops the run at once
+    try:
         check_source_lengths(translator.source_lengths(lines), limit)
     except TextTooLong as error:
         cap = "--max-source-tokens" if args.max_source_tokens else \
             "the model's data.max_length, the longest source it was trained on"
-        raise AttnmtError(f"{args.input or 'stdin'} line {error.index + 1}: {error.length} subwords, over the limit "
-                          f"of {error.limit} ({cap}); split the line, or raise the limit with "
+        raise AttnmtError(f"{args.input or 'stdin'} line {offset + error.index + 1}: {error.length} subwords, over "
+                          f"the limit of {error.limit} ({cap}); split the line, or raise the limit with "
                           f"--max-source-tokens {error.length}") from None
-    chunk = 1000  # write as we go, so long inputs stream
-    for start in range(0, len(lines), chunk):
-        for result in translator.translate(lines[start:start + chunk], attention=False, **_search_options(args)):
-            if args.n_best and args.n_best > 1:
-                for hypothesis in result.n_best or [result]:  # a blank line: one empty hypothesis
-                    print(f"{hypothesis.score:.4f}\t{hypothesis.text}")
-            else:
-                print(result.text)
+
+
+def _check_alignment_options(args, translator) -> None:
+    """--print-alignment needs a model with attention; --layer/--head (checked by `attention_view`'s one rule) only
+    go with it."""
+    import numpy as np
+
+    from attnmt.translator import attention_view
+
+    if not args.print_alignment:
+        if args.layer is not None or args.head is not None:
+            raise AttnmtError("--layer and --head choose the attention that --print-alignment reads; add "
+                              "--print-alignment, or leave them out")
+        return
+    layout = translator.describe()
+    if not layout.has_attention:
+        raise AttnmtError(f"--print-alignment reads the attention, but the model ({' '.join(args.model_dir)}) has "
+                          f"`attention: none`; leave --print-alignment out")
+    attention_view(np.zeros((layout.attention_layers, layout.attention_heads, 0, 0)), args.layer, args.head)
+
+
+def translation_lines(index: int, result, n_best: bool, alignment=None) -> list[str]:
+    """What `attnmt translate` prints for input line `index` (0-based): the text, or with --n-best one line per
+    hypothesis "index<TAB>rank<TAB>score<TAB>logprob<TAB>text" (rank 1-based, score the ranking score, logprob
+    Σ log p; a blank input line: one empty hypothesis "index<TAB>1<TAB>0.0000<TAB>0.0000<TAB>"); `alignment` (a
+    hypothesis → its Moses pairs) adds "<TAB>i-j ..." to each line."""
+    hypotheses = (result.n_best or [result]) if n_best else [result]
+    lines = []
+    for rank, hypothesis in enumerate(hypotheses, start=1):
+        line = f"{index}\t{rank}\t{hypothesis.score:.4f}\t{hypothesis.log_prob:.4f}\t{hypothesis.text}" if n_best \
+            else hypothesis.text
+        lines.append(line if alignment is None else f"{line}\t{alignment(hypothesis)}")
+    return lines
+
+
+def _moses_alignment(layer: int | None, head: int | None):
+    """hypothesis → its word alignment "i-j ..." (`attnmt.alignment.word_alignment`) by the attention view of `layer`
+    and `head` (`Translation.attention_view`: default the last layer, averaged over its heads)."""
+    from attnmt.alignment import moses_format, word_alignment
+
+    def pairs(hypothesis) -> str:
+        weights = hypothesis.attention_view(layer, head)  # [T + 1, S]
+        return moses_format(word_alignment(weights, hypothesis.source_tokens, hypothesis.tokens))
+
+    return pairs
+
+
+def command_translate(args) -> None:
+    from attnmt.translator import Translator
+
+    if args.max_source_tokens is not None and args.max_source_tokens < 1:
+        raise AttnmtError(f"--max-source-tokens {args.max_source_tokens}: give a number of subwords, at least 1")
+    if args.buffer_size < 1:
+        raise AttnmtError(f"--buffer-size {args.buffer_size}: give a number of lines, at least 1")
+    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
+    translator.search_settings(**_search_options(args))  # a bad option stops here, before any input is read
+    _check_alignment_options(args, translator)
+    alignment = _moses_alignment(args.layer, args.head) if args.print_alignment else None
+    limit = args.max_source_tokens or translator.max_source_tokens
+    index = 0
+    for batch in _input_batches(args, translator, limit):
+        results = translator.translate(batch, attention=args.print_alignment, **_search_options(args))
+        for result in results:
+            for line in translation_lines(index, result, args.n_best is not None, alignment):
+                print(line)
+            index += 1
         sys.stdout.flush()
 
 
-def command_evaluate(args) -> None:
+def command_score(args) -> None:
     from attnmt.config import CorpusConfig
     from attnmt.data import read_corpus
-    from attnmt.evaluation import bleu_by_length, corpus_scores, format_report, source_word_lengths
+    from attnmt.translator import Translator, perplexity
+
+    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
+    translator.search_settings(batch_size=args.batch_size)  # a bad --batch-size stops here
+    pairs = read_corpus(CorpusConfig(src=args.src, tgt=args.ref))
+    for number, (source, _) in enumerate(pairs, start=1):
+        if not source:
+            raise CorpusError(f"{args.src} line {number}: the source is empty, and a reference is scored given its "
+                              f"source; fill the line, or remove it from both files")
+    scores = translator.score([s for s, _ in pairs], [r for _, r in pairs], batch_size=args.batch_size)
+    total, tokens, value = sum(s.log_prob for s in scores), sum(s.tokens for s in scores), perplexity(scores)
+    if args.json:
+        finite = lambda number: number if math.isfinite(number) else None  # noqa: E731 (JSON has no inf)
+        print(json.dumps({"pairs": [{"index": i, "log_prob": finite(s.log_prob), "tokens": s.tokens}
+                                    for i, s in enumerate(scores)],
+                          "log_prob": finite(total), "tokens": tokens, "perplexity": finite(value)}, indent=1))
+        return
+    for index, result in enumerate(scores):
+        print(f"{index}\t{result.log_prob:.4f}\t{result.tokens}")
+    sys.stdout.flush()
+    print(f"{len(scores)} pairs, {tokens} target tokens (EOS included): log-probability {total:.4f}, perplexity "
+          f"{value:.4f}", file=sys.stderr)
+
+
+def _evaluation_pairs(args) -> list[tuple[str, str]]:
+    """evaluate's input: --src + --ref (two aligned files) or --tsv (source<TAB>reference lines)."""
+    from attnmt.config import CorpusConfig
+    from attnmt.data import read_corpus
+
+    if args.tsv is not None and (args.src is not None or args.ref is not None):
+        raise AttnmtError("give either --tsv FILE (source<TAB>reference lines) or --src and --ref, not both")
+    if args.tsv is not None:
+        return read_corpus(CorpusConfig(tsv=args.tsv, src_column=0, tgt_column=1))
+    if args.src is None or args.ref is None:
+        raise AttnmtError("give the sentences to score: --src FILE --ref FILE (aligned lines), or --tsv FILE "
+                          "(source<TAB>reference lines)")
+    return read_corpus(CorpusConfig(src=args.src, tgt=args.ref))
+
+
+def command_evaluate(args) -> None:
+    from attnmt.evaluation import (bleu_by_length, check_tokenizer, corpus_scores, default_tokenizer, format_report,
+                                   search_record, source_word_lengths)
     from attnmt.translator import Translator
 
-    pairs = read_corpus(CorpusConfig(src=args.src, tgt=args.ref))
+    if args.tokenize is not None:
+        check_tokenizer(args.tokenize)  # before the model loads
+    pairs = _evaluation_pairs(args)
     sources, references = [s for s, _ in pairs], [r for _, r in pairs]
     translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
+    search = search_record(translator.search_settings(**_search_options(args)).model_dump())
+    tokenize = args.tokenize or default_tokenizer(translator.config.data.tgt_lang)
     translations = translator.translate(sources, attention=False, **_search_options(args))
     hypotheses = [t.text for t in translations]
     if args.output:
         Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
-    scores = corpus_scores(hypotheses, references)
+    scores = corpus_scores(hypotheses, references, tokenize=tokenize)
     if args.length_unit == "words":
         lengths = source_word_lengths(sources)
     else:
         lengths = [len(t.source_tokens) for t in translations]
-    buckets = bleu_by_length(lengths, hypotheses, references)
+    buckets = bleu_by_length(lengths, hypotheses, references, tokenize=tokenize)
     if args.json:
-        print(json.dumps({**scores, "length_unit": args.length_unit, "bleu_by_length": buckets}, indent=1))
+        print(json.dumps({**scores, "tokenize": tokenize, "search": search, "length_unit": args.length_unit,
+                          "bleu_by_length": buckets}, indent=1))
     else:
-        print(format_report(scores, buckets, args.length_unit))
+        print(format_report(scores, buckets, args.length_unit, search))
+
+
+def command_average(args) -> None:
+    """θ̄ = (1/N) Σ_i θ_i over the last N checkpoints `training.keep_checkpoints` kept in MODEL_DIR/checkpoints/:
+    to -o FILE, and/or (--into-model) as the model directory's model.safetensors, once it loads."""
+    from attnmt.averaging import average_tensors
+    from attnmt.checkpoint import CHECKPOINTS, MODEL_FILE, last_checkpoints, save_tensors
+    from attnmt.training import install_weights
+
+    if args.output is None and not args.into_model:
+        raise AttnmtError("say where the average goes: -o FILE.safetensors, and/or --into-model (it becomes "
+                          f"{Path(args.model_dir) / MODEL_FILE})")
+    kept = last_checkpoints(args.model_dir, args.n)
+    tensors = average_tensors([path for _, path in kept])
+    steps = ", ".join(str(step) for step, _ in kept)
+    if args.into_model:  # first: a model that would not load is refused before anything is written
+        install_weights(Path(args.model_dir), tensors, f"the average of {Path(args.model_dir) / CHECKPOINTS}")
+        print(f"{Path(args.model_dir) / MODEL_FILE} is now the average of the checkpoints of steps {steps} "
+              f"(manifest.json rewritten)")
+    if args.output is not None:
+        save_tensors(Path(args.output), tensors)
+        print(f"{args.output}: the average of the checkpoints of steps {steps}")
 
 
 def command_attention(args) -> None:
@@ -216,7 +438,7 @@ def command_demo(args) -> None:
     from attnmt.alignment import attention_entropy, crossings, instructive_example, last_source_share
     from attnmt.checkpoint import has_train_state
     from attnmt.config import load_config
-    from attnmt.evaluation import corpus_scores
+    from attnmt.evaluation import corpus_scores, default_tokenizer
     from attnmt.plotting import plot_attention
     from attnmt.training import Trainer
     from attnmt.translator import Translator
@@ -224,6 +446,7 @@ def command_demo(args) -> None:
     overrides = {"training.max_minutes": args.max_minutes} if args.max_minutes else {}
     if args.max_steps:
         overrides["training.max_steps"] = args.max_steps
+    overrides["training.score_test"] = False  # the demo scores the held-out pairs itself, below
     config = load_config(args.config, overrides)
     model_dir = Path(args.model_dir)
     resume = has_train_state(model_dir)
@@ -245,7 +468,7 @@ def command_demo(args) -> None:
     sources, references = (list(side) for side in zip(*trainer.corpora.test))
     translations = translator.translate(sources, beam_size=config.search.beam_size)
     hypotheses = [t.text for t in translations]
-    scores = corpus_scores(hypotheses, references)
+    scores = corpus_scores(hypotheses, references, tokenize=default_tokenizer(config.data.tgt_lang))
     print(f"\nheld-out test ({len(sources)} pairs never seen in training), beam {config.search.beam_size}: "
           f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
     shown = [i for i, t in enumerate(translations) if t.attention is not None and t.attention.size]
@@ -340,6 +563,22 @@ def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length-ratio", type=float,
                         help=f"stop at ratio × source length + {LENGTH_SLACK} tokens")
     parser.add_argument("--batch-size", type=int, help="sentences decoded together")
+    parser.add_argument("--prefix", metavar="TEXT",
+                        help="start every translation with this target text (its subwords forced, their "
+                             "log-probabilities counted), then decode freely")
+    parser.add_argument("--min-length", type=int, metavar="N",
+                        help="target subwords (the prefix's included) before the end of a translation is allowed")
+    parser.add_argument("--no-repeat-ngram-size", type=int, metavar="N",
+                        help="never repeat an n-gram of target subwords within a translation (0: off)")
+    parser.add_argument("--sample", action="store_true",
+                        help="draw each subword from the model's distribution instead of the best (back-translation); "
+                             "greedy: beam size 1")
+    parser.add_argument("--top-k", type=int, metavar="K", help="with --sample: among the K most probable subwords")
+    parser.add_argument("--top-p", type=float, metavar="P",
+                        help="with --sample: within the fewest most probable subwords of probability ≥ P (nucleus)")
+    parser.add_argument("--temperature", type=float, metavar="T",
+                        help="with --sample: draw from p ** (1 / T); below 1 sharper, above 1 flatter")
+    parser.add_argument("--seed", type=int, help="with --sample: the same seed draws the same translation of a line")
 
 
 def _device_name(value: str) -> str:
@@ -363,6 +602,7 @@ def _add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnmt", description="Sequence-to-sequence translation with attention.")
+    parser.add_argument("--version", action="version", version=f"attnmt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from a YAML config")
@@ -378,21 +618,56 @@ def build_parser() -> argparse.ArgumentParser:
                             "docs/distributed.md")
     train.set_defaults(run=command_train)
 
-    translate = commands.add_parser("translate", help="translate stdin (or --input) to stdout, line by line")
-    translate.add_argument("model_dir")
+    translate = commands.add_parser(
+        "translate", help="translate stdin (or --input) to stdout, one line per input line, as lines arrive",
+        formatter_class=argparse.RawDescriptionHelpFormatter, description=TRANSLATE_FORMATS)
+    translate.add_argument("model_dir", nargs="+",
+                           help="a model directory; several: one ensemble averaging their next-token probabilities "
+                                "(models of any family with the same tokenizer files; the first model's config gives "
+                                "the search defaults and data.max_length)")
     translate.add_argument("--input", help="a text file, one sentence per line; default stdin")
-    translate.add_argument("--n-best", type=int, help="print the n best hypotheses as 'score<TAB>text'")
+    translate.add_argument("--n-best", type=int, metavar="K",
+                           help="the K best hypotheses (K ≤ the beam size), one line each: "
+                                "'index<TAB>rank<TAB>score<TAB>logprob<TAB>text' (see above)")
+    translate.add_argument("--print-alignment", action="store_true",
+                           help="add '<TAB>i-j ...' to each line: for every target word j its strongest source word i "
+                                "by the attention (Moses pairs, 0-based, subwords merged into words); attention is "
+                                "not a guaranteed word alignment")
+    translate.add_argument("--layer", type=int, metavar="L",
+                           help="--print-alignment: attention layer, 1-based (a Transformer: its decoder layers); "
+                                "default the last")
+    translate.add_argument("--head", type=int, metavar="H",
+                           help="--print-alignment: one head of the layer, 1-based; default their mean")
+    translate.add_argument("--buffer-size", type=int, default=BUFFER_SIZE, metavar="N",
+                           help=f"translate as soon as N lines are read, or stdin pauses for {STDIN_PAUSE_S * 1000:g} "
+                                f"ms, and flush the output (default {BUFFER_SIZE})")
     translate.add_argument("--max-source-tokens", type=int, metavar="N",
-                           help="refuse (before translating anything) a line of more than N source subwords; "
-                                "default the model's data.max_length, the longest source it was trained on")
+                           help="refuse a line of more than N source subwords (--input: before translating anything; "
+                                "stdin: when its batch comes); default the model's data.max_length, the longest "
+                                "source it was trained on")
     _add_search_arguments(translate)
     _add_device_argument(translate)
     translate.set_defaults(run=command_translate)
 
+    score = commands.add_parser(
+        "score", help="log-probability of each reference given its source (teacher forcing), and the perplexity",
+        formatter_class=argparse.RawDescriptionHelpFormatter, description=SCORE_FORMATS)
+    score.add_argument("model_dir", nargs="+", help="a model directory; several: their ensemble")
+    score.add_argument("--src", required=True, help="source sentences, one per line")
+    score.add_argument("--ref", required=True, help="reference translations, aligned with --src")
+    score.add_argument("--json", action="store_true", help="one JSON object on stdout instead")
+    score.add_argument("--batch-size", type=int, help="pairs scored together; default the config's search.batch_size")
+    _add_device_argument(score)
+    score.set_defaults(run=command_score)
+
     evaluate = commands.add_parser("evaluate", help="sacreBLEU and chrF against references, BLEU by source length")
-    evaluate.add_argument("model_dir")
-    evaluate.add_argument("--src", required=True, help="source sentences, one per line")
-    evaluate.add_argument("--ref", required=True, help="reference translations, aligned with --src")
+    evaluate.add_argument("model_dir", nargs="+", help="a model directory; several: their ensemble")
+    evaluate.add_argument("--src", help="source sentences, one per line")
+    evaluate.add_argument("--ref", help="reference translations, aligned with --src")
+    evaluate.add_argument("--tsv", metavar="FILE", help="instead of --src and --ref: source<TAB>reference lines")
+    evaluate.add_argument("--tokenize", choices=TOKENIZERS,
+                          help="sacreBLEU's BLEU tokenizer; default by the model's target language (data.tgt_lang): "
+                               "zh: zh, ja: ja-mecab (else char), ko: ko-mecab (else 13a), any other: 13a")
     evaluate.add_argument("--output", help="also write the translations to this file")
     evaluate.add_argument("--length-unit", choices=["words", "subwords"], default="words",
                           help="unit of the source-length buckets")
@@ -400,6 +675,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_arguments(evaluate)
     _add_device_argument(evaluate)
     evaluate.set_defaults(run=command_evaluate)
+
+    average = commands.add_parser("average", help="average the last N checkpoints a run kept "
+                                                  "(training.keep_checkpoints) into one model")
+    average.add_argument("model_dir")
+    average.add_argument("-n", type=int, metavar="N", help="the last N kept checkpoints (default: all kept)")
+    average.add_argument("-o", "--output", metavar="FILE", help="write the average to FILE (.safetensors)")
+    average.add_argument("--into-model", action="store_true",
+                         help="make the average the model directory's model.safetensors (after checking it loads; "
+                              "manifest.json is rewritten); the model it replaces is gone")
+    average.set_defaults(run=command_average)
 
     attention = commands.add_parser("attention", help="draw the attention heatmap of one translation")
     attention.add_argument("model_dir")
@@ -433,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve a model over HTTP: a JSON API with request batching, and a page "
                                               "that draws the attention")
-    serve.add_argument("model_dir")
+    serve.add_argument("model_dir", help="one model directory (no ensembles)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-batch-size", type=int, help="texts translated together in one model call (default 32)")
@@ -517,18 +802,22 @@ def _internal_error(command: str, argv: list[str], error: Exception) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; exit status 0, 2 for an error the user can fix (its message), 130 when interrupted, 1 for an
-    internal error (one line; the traceback in a file)."""
+    """Run one command; exit status 0, 2 for an error the user can fix (its message), 3 when `train --resume` has
+    nothing left to train (its budget is spent: the message says how to raise it), 130 when interrupted, 141 when the
+    reader of the output went away, 1 for an internal error (one line; the traceback in a file)."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
     except AttnmtError as error:
         print(f"attnmt {args.command}: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_status", 2)  # BudgetSpent: 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # whoever read the output stopped (`attnmt translate ... | head`): stop quietly, as
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # a pipe's writer does; no flush error at exit
+        return 141  # 128 + SIGPIPE, the status of a Unix tool the pipe ended
     except OSError as error:  # a file or a disk users can fix (a full disk may not say which file it was writing)
         if error.filename is None and error.errno not in StorageError.ADVICE:
             return _internal_error(args.command, argv, error)

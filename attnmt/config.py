@@ -7,6 +7,7 @@ starts with `pkg://` points into the installed attnmt package (the bundled demo 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
@@ -64,14 +65,26 @@ class SplitConfig(Section):
     seed: int = 1234
 
 
+LANGUAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a language name is part of file names (dev.ko, test.en)
+
+
 class DataConfig(Section):
-    src_lang: str = "src"
-    tgt_lang: str = "tgt"
+    src_lang: str = Field("src", description="e.g. ko: names the dev/test files a split writes")
+    tgt_lang: str = Field("tgt", description="e.g. en: names files, and chooses BLEU's tokenizer "
+                                             "(attnmt/evaluation.py)")
     train: CorpusConfig
     dev: CorpusConfig | None = None
     test: CorpusConfig | None = None
     split: SplitConfig | None = None
     max_length: int = Field(80, ge=1, description="pairs longer than this many subwords on either side are dropped")
+
+    @field_validator("src_lang", "tgt_lang")
+    @classmethod
+    def _language_name(cls, name: str) -> str:
+        if not LANGUAGE_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is no language name: use letters, digits, '-' and '_' (e.g. ko, en, zh-Hans); "
+                             f"it names files")
+        return name
 
     @model_validator(mode="after")
     def _dev_given_or_split(self) -> "DataConfig":
@@ -199,6 +212,10 @@ class TransformerConfig(Section):
         return self
 
 
+# Keys of the model section that shape training, not the parameters: a fine-tuned run (`training.init_from`) may set
+# them anew (every other model key, and the whole tokenizer section, must be the source model's).
+TRAINING_ONLY_MODEL_KEYS = ("dropout", "attention_dropout", "fused_attention")
+
 # `model.type` picks the section; a model section without `type` is an RNN (see `Config._model_type`).
 AnyModelConfig = Annotated[Union[RNNConfig, TransformerConfig], Field(discriminator="type")]
 
@@ -246,6 +263,17 @@ class TrainingConfig(Section):
     mixed_precision: Literal["none", "bf16", "fp16"] = Field(
         "none", description="the forward pass under torch.autocast in bfloat16 or float16 (fp16: GPU only, with a "
                             "gradient scaler); parameters, optimizer state and the loss stay float32")
+    init_from: str | None = Field(
+        None, description="fine-tuning: a model directory whose weights and tokenizer a fresh run starts from (the "
+                          "same model and tokenizer sections; optimizer and schedule start anew); --resume ignores it")
+    keep_checkpoints: int = Field(0, ge=0, description="keep the parameters of the last N validations in "
+                                                        "MODEL_DIR/checkpoints/step_S.safetensors (for `attnmt "
+                                                        "average`); 0: none")
+    average_last: int = Field(0, ge=0, description="at the end of training, average the last N kept checkpoints and "
+                                                    "make the average model.safetensors if its dev BLEU beats the "
+                                                    "best model's; 0: off")
+    score_test: bool = Field(True, description="at the end of training, score the test set (data.test, or the test "
+                                               "part of data.split) with the best model: MODEL_DIR/test_scores.json")
 
     @field_validator("device")
     @classmethod
@@ -269,34 +297,90 @@ class TrainingConfig(Section):
                              "(e.g. 4000)")
         return self
 
+    @model_validator(mode="after")
+    def _average_of_kept(self) -> "TrainingConfig":
+        if self.average_last == 1:
+            raise ValueError("`average_last: 1` would be the last checkpoint alone; set 0 (off) or at least 2")
+        if self.average_last > self.keep_checkpoints:
+            raise ValueError(f"`average_last` ({self.average_last}) averages the last checkpoints kept: set "
+                             f"`keep_checkpoints` to at least {self.average_last}")
+        return self
+
+
+MAX_LENGTH_PENALTY = 10.0  # papers use α of 0.6–2; far above, lp(n)^α overflows a float
+SAMPLING_OPTIONS = ("top_k", "top_p", "temperature", "seed")  # what only sampling uses
+
 
 class SearchConfig(Section):
-    """Defaults for translation; the CLI and the API can override each."""
+    """Defaults for translation; the CLI and the API can override each (`resolve`)."""
 
-    beam_size: int = Field(5, ge=1)
-    length_penalty: float = Field(1.0, ge=0, description="alpha of ((5 + length) / 6) ** alpha (Wu et al. 2016)")
+    beam_size: int = Field(5, ge=1, description="1 = greedy search (and with sampling, which needs 1, its default)")
+    length_penalty: float = Field(1.0, ge=0, le=MAX_LENGTH_PENALTY,
+                                  description="alpha of ((5 + length) / 6) ** alpha (Wu et al. 2016)")
     max_length_ratio: float = Field(2.0, gt=0, description=f"hypotheses stop at ratio × source length + "
                                                             f"{LENGTH_SLACK} tokens")
     n_best: int = Field(1, ge=1, description="hypotheses returned per sentence, at most beam_size")
     batch_size: int = Field(64, ge=1, description="sentences translated together")
+    prefix: str = Field("", description="target text every translation starts with: its subwords are forced first "
+                                        "(their log-probabilities count in the score), then decoding goes on freely")
+    min_length: int = Field(0, ge=0, description="target subwords (the prefix's included) before the end of the "
+                                                 "sentence is allowed; the length limit still ends a hypothesis")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="n: a subword that would repeat an n-gram the hypothesis "
+                                                           "already holds is never chosen; 0: off")
+    sampling: bool = Field(False, description="draw each subword from the model's distribution instead of taking "
+                                              "the best (back-translation); needs beam_size 1")
+    top_k: int = Field(0, ge=0, description="sampling: draw among the k most probable subwords only; 0: all")
+    top_p: float = Field(1.0, gt=0, le=1, description="sampling: draw within the nucleus, the fewest most probable "
+                                                      "subwords whose probability sums to at least p; 1: all")
+    temperature: float = Field(1.0, gt=0, description="sampling: draw from p ** (1 / temperature); below 1 sharper, "
+                                                      "above 1 flatter")
+    seed: int | None = Field(None, ge=0, description="sampling: the same seed draws the same translation of the same "
+                                                     "sentence; none: a new draw each time")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampling_beam(cls, data: Any) -> Any:
+        """With sampling on, beam_size left out is 1."""
+        if isinstance(data, dict) and data.get("sampling") is True and "beam_size" not in data:
+            data = {**data, "beam_size": 1}
+        return data
 
     @model_validator(mode="after")
     def _n_best_within_beam(self) -> "SearchConfig":
+        if self.sampling and self.beam_size != 1:
+            raise ValueError(f"`sampling` draws one translation token by token, without a beam: set `beam_size` to 1 "
+                             f"(it is {self.beam_size}), or turn sampling off")
         if self.n_best > self.beam_size:
             raise ValueError(f"`n_best` ({self.n_best}) is more than `beam_size` ({self.beam_size}): beam search "
                              f"keeps beam_size hypotheses; ask for a beam_size of at least {self.n_best}")
         return self
 
     def resolve(self, beam_size: int | None = None, n_best: int | None = None, length_penalty: float | None = None,
-                max_length_ratio: float | None = None, batch_size: int | None = None) -> "SearchConfig":
+                max_length_ratio: float | None = None, batch_size: int | None = None, prefix: str | None = None,
+                min_length: int | None = None, no_repeat_ngram_size: int | None = None, sampling: bool | None = None,
+                top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
+                seed: int | None = None) -> "SearchConfig":
         """These defaults with the options given (None: the default), validated as a config is: the one rule for
-        every caller (translator, CLI, server). n_best left unset is min(the default n_best, beam_size); set above
-        beam_size, or any value out of range, is a `ConfigError` naming the option."""
+        every caller (translator, CLI, server). A default of `sampling: true` applies to calls that give no
+        beam_size (a call that gives one searches); beam_size left unset is 1 when sampling (else the default);
+        n_best left unset is min(the default n_best, beam_size). n_best above beam_size, sampling with a beam, a
+        sampling option (top_k, top_p, temperature, seed) given while sampling is off, or any value out of range, is
+        a `ConfigError` naming the option."""
         given = {"beam_size": beam_size, "n_best": n_best, "length_penalty": length_penalty,
-                 "max_length_ratio": max_length_ratio, "batch_size": batch_size}
+                 "max_length_ratio": max_length_ratio, "batch_size": batch_size, "prefix": prefix,
+                 "min_length": min_length, "no_repeat_ngram_size": no_repeat_ngram_size, "sampling": sampling,
+                 "top_k": top_k, "top_p": top_p, "temperature": temperature, "seed": seed}
         values = {**self.model_dump(), **{name: value for name, value in given.items() if value is not None}}
-        if n_best is None:
+        if sampling is None and beam_size is not None:
+            values["sampling"] = False  # the default's sampling gives way to a search asked for
+        if beam_size is None and values["sampling"] is True:
+            values["beam_size"] = 1
+        if n_best is None and isinstance(values["beam_size"], int):
             values["n_best"] = max(1, min(self.n_best, values["beam_size"]))
+        unused = [name for name in SAMPLING_OPTIONS if given[name] is not None]
+        if unused and values["sampling"] is not True:
+            raise ConfigError(f"`{unused[0]}` is a sampling option, and sampling is off: turn it on (`sampling: "
+                              f"true`, --sample) or leave `{unused[0]}` out")
         try:
             return SearchConfig.model_validate(values)
         except ValidationError as error:

@@ -52,3 +52,10 @@ class TextTooLong(AttnmtError):
                          f"default the model's data.max_length, the longest source it was trained on); split it into "
                          f"shorter texts")
         self.index, self.length, self.limit = index, length, limit
+
+
+class BudgetSpent(AttnmtError):
+    """A resumed run has nothing left to train: its budget (steps, epochs, minutes) is used up, or it stopped early.
+    The message says how to go on; `attnmt train --resume` exits with `exit_status` (3), not 2: nothing failed."""
+
+    exit_status = 3

@@ -29,15 +29,24 @@ never saved.
 
 Everything runs on `training.device`, the forward pass under autocast where `training.mixed_precision` asks for it
 (bf16, or fp16 with a gradient scaler; the loss in float32): see attnmt/devices.py.
+
+The practitioner's loop: `training.init_from: MODEL_DIR` starts a fresh run from another model directory's weights and
+tokenizer (fine-tuning; the optimizer and schedule start anew); `keep_checkpoints: N` keeps the parameters of the last
+N validations in MODEL_DIR/checkpoints/, and `average_last: N` makes their average θ̄ = (1/N) Σ_i θ_i the model when
+its dev BLEU beats the best validation's (average.json says what it measured); at the end the test set is scored with
+the model (test_scores.json; `score_test`). A run resumed with its budget spent has nothing to do: `train(...,
+refuse_spent=True)` (what `attnmt train --resume` asks) raises `BudgetSpent`, which says how to raise the budget.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from contextlib import nullcontext
@@ -50,16 +59,23 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from attnmt import checkpoint, devices, distributed, manifest
-from attnmt.config import Config, TrainingConfig, load_config
+from attnmt.alignment import instructive_example
+from attnmt.averaging import average_tensors
+from attnmt.config import TRAINING_ONLY_MODEL_KEYS, Config, TrainingConfig, load_config, resolve_path
 from attnmt.data import Batch, ParallelData, Tokenizer, read_corpora
-from attnmt.data.tokenizer import PAD_ID
-from attnmt.errors import CheckpointError, ConfigError, DivergenceError
-from attnmt.evaluation import corpus_scores
+from attnmt.data.corpus import describe_test_set, write_split
+from attnmt.data.tokenizer import PAD_ID, TOKENIZER_FILES
+from attnmt.errors import BudgetSpent, CheckpointError, ConfigError, DivergenceError, StorageError
+from attnmt.evaluation import corpus_scores, default_tokenizer, search_record, sentence_chrf
 from attnmt.models import build_model
-from attnmt.translator import Translator
+from attnmt.translator import Translation, Translator
 
 VALIDATION_LOG = "validations.jsonl"  # MODEL_DIR/validations.jsonl: one JSON record per validation, each step once
+AVERAGE_LOG = "average.json"  # MODEL_DIR/average.json: what `training.average_last` measured and chose
+TEST_SCORES = "test_scores.json"  # MODEL_DIR/test_scores.json: the best model on the test set, at the end of training
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SAMPLE_COUNT = 3  # dev translations shown in TensorBoard at each validation
+HEATMAP_CANDIDATES = 16  # dev sentences the TensorBoard heatmap's sentence is chosen from (`instructive_example`)
 
 
 # --- the learning rate ------------------------------------------------------------------------------------------------
@@ -256,6 +272,36 @@ class StopSignals:
             os.kill(os.getpid(), self.received)
 
 
+def section_differences(before: Config, now: Config, sections: tuple[str, ...] = ("model", "tokenizer"),
+                        ignored: tuple[str, ...] = ()) -> list[str]:
+    """"section.key: X there, Y here" for each key of `sections` whose value differs between two configs, but the
+    `ignored` ones ("section.key")."""
+    differences = []
+    for section in sections:
+        old, new = getattr(before, section).model_dump(mode="json"), getattr(now, section).model_dump(mode="json")
+        differences += [f"{section}.{key}: {old.get(key)!r} there, {new.get(key)!r} here"
+                        for key in sorted(old.keys() | new.keys())
+                        if old.get(key) != new.get(key) and f"{section}.{key}" not in ignored]
+    return differences
+
+
+def install_weights(model_dir: Path, tensors: dict[str, torch.Tensor], origin: str) -> None:
+    """Make `tensors` (from `origin`, for messages) the model directory's model.safetensors, once they load: its files
+    match manifest.json, and the tensors are finite and fit the model its config.yaml and tokenizer describe; written
+    atomically, then manifest.json rewritten."""
+    model_dir = Path(model_dir)
+    manifest.check(model_dir)
+    config = load_config(model_dir / checkpoint.CONFIG_FILE)
+    tokenizer = Tokenizer.load(model_dir)
+    with torch.random.fork_rng(devices=[]):  # building a model draws initial values: leave the random state alone
+        model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    checkpoint.check_finite(Path(origin), tensors)
+    checkpoint.check_fit(Path(origin), tensors, model)
+    model.load_state_dict(tensors, strict=False)
+    checkpoint.save_tensors(model_dir / checkpoint.MODEL_FILE, tensors)
+    manifest.write(model_dir)
+
+
 class Trainer:
     """Holds the model, optimizer, data and progress of one training run (of this process, in a distributed run).
 
@@ -285,6 +331,8 @@ class Trainer:
                                   f"or choose another model directory (nothing was overwritten)")
         if resume:
             self._check_same_model()
+        # fine-tuning: a fresh run starts from another model's weights and tokenizer; a resumed run from its own state
+        self.init_source = None if resume else self._init_source()
         if self.dist.is_main:  # a save a crash cut short, temporary files of cut writes
             checkpoint.recover_train_state(self.model_dir)
         self.dist.barrier()
@@ -300,6 +348,8 @@ class Trainer:
         self.dev_data, _ = ParallelData.from_pairs(self.corpora.dev, self.tokenizer, 10 ** 9)
         self.model = build_model(config.model, self.tokenizer.src_vocab_size, self.tokenizer.tgt_vocab_size
                                  ).to(self.dist.device)
+        if self.init_source is not None:  # step 0 holds the source model's parameters
+            checkpoint.load_model_weights(self.init_source / checkpoint.MODEL_FILE, self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings.learning_rate,
                                           betas=self.settings.adam_betas, weight_decay=self.settings.weight_decay)
         self.scaler = devices.gradient_scaler(self.settings.mixed_precision, self.dist.device)
@@ -328,27 +378,65 @@ class Trainer:
             return  # a crash before config.yaml was written; loading the state says what is missing
         saved = load_config(path)
         for section in ("model", "tokenizer"):
-            before = getattr(saved, section).model_dump(mode="json")
-            now = getattr(self.config, section).model_dump(mode="json")
-            differences = [f"{section}.{key}: {before.get(key)!r} there, {now.get(key)!r} here"
-                           for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key)]
+            differences = section_differences(saved, self.config, (section,))
             if differences:
                 raise CheckpointError(
                     f"{self.model_dir} holds a run of another {section} ({'; '.join(differences)}); resume it with "
                     f"its own config ({path}), or start this one in another model directory (nothing was "
                     f"overwritten)")
 
+    def _init_source(self) -> Path | None:
+        """The model directory `training.init_from` names, checked: a trained model (its files match its manifest)
+        of the same model and tokenizer sections as this config (but `TRAINING_ONLY_MODEL_KEYS`, e.g. dropout), and
+        not this run's own directory. None without init_from."""
+        if self.settings.init_from is None:
+            return None
+        source = resolve_path(self.settings.init_from)
+        key = f"`training.init_from` ({source})"
+        if not (source / checkpoint.CONFIG_FILE).is_file() or not (source / checkpoint.MODEL_FILE).is_file():
+            raise CheckpointError(f"{key} is not a trained attnmt model directory ({checkpoint.CONFIG_FILE} and "
+                                  f"{checkpoint.MODEL_FILE} are needed); give the model directory of a finished run")
+        if source.resolve() == self.model_dir.resolve():
+            raise ConfigError(f"{key} is this run's own model directory; fine-tune into another one (--model-dir)")
+        manifest.check(source)
+        free = tuple(f"model.{name}" for name in TRAINING_ONLY_MODEL_KEYS)  # dropout may change
+        differences = section_differences(load_config(source / checkpoint.CONFIG_FILE), self.config, ignored=free)
+        if differences:
+            raise ConfigError(f"{key} was trained with another model or tokenizer ({'; '.join(differences)}): a "
+                              f"fine-tuned run keeps both (only {', '.join(free)} may change); set these keys as "
+                              f"{source / checkpoint.CONFIG_FILE} has them")
+        return source
+
+    def _copy_tokenizer(self, source: Path) -> Tokenizer:
+        """The tokenizer file(s) of the model directory `source`, copied into this one (atomically; stale ones of an
+        earlier start removed)."""
+        names = Tokenizer.load(source).files
+        for name in TOKENIZER_FILES:
+            if name not in names:
+                (self.model_dir / name).unlink(missing_ok=True)
+        for name in names:
+            try:
+                content = (source / name).read_bytes()
+            except OSError as error:
+                raise StorageError.from_os_error(error, "read", source / name) from None
+            checkpoint.atomic_write(self.model_dir / name, content)
+        return Tokenizer.load(self.model_dir)
+
     def _new_tokenizer(self) -> Tokenizer:
-        """Train the tokenizer on the training sentences and write config.yaml and examples.txt next to it. In a
-        distributed run the
-        main process does, and the others load what it wrote."""
+        """Train the tokenizer on the training sentences (or copy that of `training.init_from`) and write config.yaml,
+        examples.txt and the dev/test parts of a `data.split` next to it. In a distributed run the main process does,
+        and the others load what it wrote."""
         if not self.dist.is_main:
             self.dist.barrier()  # until the main process has written the tokenizer
             return Tokenizer.load(self.model_dir)
-        sources, targets = zip(*self.corpora.train)
-        tokenizer = Tokenizer.train(self.config.tokenizer, list(sources), list(targets), self.model_dir)
+        if self.init_source is not None:
+            tokenizer = self._copy_tokenizer(self.init_source)
+        else:
+            sources, targets = zip(*self.corpora.train)
+            tokenizer = Tokenizer.train(self.config.tokenizer, list(sources), list(targets), self.model_dir)
         checkpoint.write_text(self.model_dir / checkpoint.CONFIG_FILE, self.config.to_yaml())
         checkpoint.write_examples(self.model_dir, [source for source, _ in self.corpora.dev])
+        write_split(self.model_dir, self.config.data, self.corpora)
         manifest.write(self.model_dir)  # last: it lists the files just written
         self.dist.barrier()
         return tokenizer
@@ -374,14 +462,62 @@ class Trainer:
         if self.dist.is_main:
             tqdm.write(message, file=sys.stderr)
 
-    def _log_scalars(self, values: dict[str, float]) -> None:
+    def _tensorboard(self):
+        """The TensorBoard writer (MODEL_DIR/tensorboard/), made on first use; None without `training.tensorboard`
+        and on processes other than the main one."""
         if not self.settings.tensorboard or not self.dist.is_main:
-            return
+            return None
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.model_dir / "tensorboard"))
+        return self.writer
+
+    def _log_scalars(self, values: dict[str, float]) -> None:
+        writer = self._tensorboard()
+        if writer is None:
+            return
         for name, value in values.items():
-            self.writer.add_scalar(name, value, self.progress.step)
+            writer.add_scalar(name, value, self.progress.step)
+
+    def _log_samples(self, pairs: list[tuple[str, str]], hypotheses: list[str]) -> None:
+        """TensorBoard text "dev/translations": the first SAMPLE_COUNT dev sentences, reference and translation."""
+        writer = self._tensorboard()
+        if writer is None:
+            return
+        rows = [f"**source:** {source}  \n**reference:** {reference}  \n**translation:** {hypothesis}"
+                for (source, reference), hypothesis in zip(pairs[:SAMPLE_COUNT], hypotheses)]
+        writer.add_text("dev/translations", "\n\n---\n\n".join(rows), self.progress.step)
+
+    def _log_attention(self) -> None:
+        """TensorBoard image "dev/attention": the heatmap (attnmt/plotting.py) of the dev sentence among the first
+        HEATMAP_CANDIDATES whose attention teaches most (`alignment.instructive_example`: several words, word order
+        that changes, well translated), as the model translates it now."""
+        writer = self._tensorboard()
+        if writer is None or not self.model.describe().has_attention:
+            return
+        import numpy as np
+        from PIL import Image
+
+        from attnmt.plotting import plot_attention
+
+        pairs = self.corpora.dev[:HEATMAP_CANDIDATES]
+        translator = Translator(self.model, self.tokenizer, self.config)
+        translations = translator.translate([source for source, _ in pairs],
+                                            beam_size=self.settings.validation_beam_size)
+        shown = [i for i, t in enumerate(translations) if t.attention is not None and t.attention.size]
+        if not shown:
+            return
+        matrices = [translations[i].attention for i in shown]
+        qualities = [sentence_chrf(translations[i].text, pairs[i][1]) for i in shown]
+        pick = shown[instructive_example(matrices, qualities)]
+        example = translations[pick]
+        with tempfile.TemporaryDirectory() as folder:
+            path = plot_attention(example.attention, example.source_tokens, example.target_tokens_with_eos,
+                                  Path(folder) / "attention.png",
+                                  title=f"step {self.progress.step}: {pairs[pick][0]} → {example.text}")
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))  # [H, W, 3]
+        writer.add_image("dev/attention", pixels, self.progress.step, dataformats="HWC")
 
     # --- one step ------------------------------------------------------------------------------------------------
 
@@ -500,23 +636,37 @@ class Trainer:
             tokens += batch.num_tgt_tokens
         return total / max(tokens, 1)
 
-    def dev_scores(self) -> dict[str, float]:
-        """Corpus BLEU and chrF of the model's translations of dev (beam `validation_beam_size`)."""
-        translator = Translator(self.model, self.tokenizer, self.config)  # on the training device, in float32
-        sources, references = zip(*self.corpora.dev)
-        translations = translator.translate(list(sources), beam_size=self.settings.validation_beam_size, attention=False)
-        return corpus_scores([t.text for t in translations], list(references))
+    @property
+    def bleu_tokenizer(self) -> str:
+        """BLEU's tokenizer for this run's target language (`evaluation.default_tokenizer`)."""
+        return default_tokenizer(self.config.data.tgt_lang)
+
+    def dev_translations(self, model: torch.nn.Module | None = None) -> list[Translation]:
+        """The translations of dev (beam `validation_beam_size`, text only) by the model being trained, or `model`."""
+        translator = Translator(self.model if model is None else model, self.tokenizer, self.config)  # float32
+        sources = [source for source, _ in self.corpora.dev]
+        return translator.translate(sources, beam_size=self.settings.validation_beam_size, attention=False)
+
+    def dev_scores(self, model: torch.nn.Module | None = None, translations: list[Translation] | None = None
+                   ) -> dict[str, float]:
+        """Corpus BLEU and chrF of dev translations: `translations`, or those of `dev_translations(model)`."""
+        translations = translations if translations is not None else self.dev_translations(model)
+        references = [reference for _, reference in self.corpora.dev]
+        return corpus_scores([t.text for t in translations], references, tokenize=self.bleu_tokenizer)
 
     def validate(self, regular: bool = True) -> tuple[dict, ValidationDecision]:
         """Dev loss and BLEU, and what `validations` decides from them: save the model if BLEU improved; regular
         validations also step the schedule and count towards early stopping (see `ValidationBookkeeper`). Logs the
         record to MODEL_DIR/validations.jsonl (VALIDATION_LOG) and returns it with the decision."""
         loss = self.dev_loss()
-        scores = self.dev_scores()
+        translations = self.dev_translations()
+        scores = self.dev_scores(translations=translations)
         decision = self.validations.decide(loss, scores["bleu"], regular)
         if decision.save_best:
             checkpoint.save_model(self.model_dir / checkpoint.MODEL_FILE, self.model)
             manifest.write(self.model_dir)
+        if self.settings.keep_checkpoints:
+            checkpoint.keep_checkpoint(self.model_dir, self.progress.step, self.model, self.settings.keep_checkpoints)
         record = {"step": self.progress.step, "epoch": self.progress.epoch, "dev_loss": round(loss, 4),
                   "dev_bleu": round(scores["bleu"], 2), "dev_chrf": round(scores["chrf"], 2),
                   "learning_rate": self.schedule.rate(self.progress.step), "best": decision.save_best,
@@ -524,6 +674,8 @@ class Trainer:
         with open(self.model_dir / VALIDATION_LOG, "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
         self._log_scalars({"dev/loss": loss, "dev/bleu": scores["bleu"], "dev/chrf": scores["chrf"]})
+        self._log_samples(self.corpora.dev, [t.text for t in translations])
+        self._log_attention()
         return record, decision
 
     def _validate_everywhere(self, regular: bool = True) -> tuple[dict, ValidationDecision]:
@@ -563,17 +715,33 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------------------------
 
+    def spent(self, seconds: float | None = None) -> str | None:
+        """Why the run has nothing left to train, with what to do about it: a budget (max_steps, max_epochs,
+        max_minutes, after `seconds` of training over all its runs; default: so far) used up, or early stopping.
+        None while it has steps left."""
+        s, p, where = self.settings, self.progress, self.model_dir
+        seconds = p.seconds if seconds is None else seconds
+        raise_it = "; to train further, raise it: attnmt train CONFIG --resume --set training.{key}={value}"
+        if s.max_steps is not None and p.step >= s.max_steps:
+            return (f"{where} has trained {p.step} steps, its whole `training.max_steps` ({s.max_steps})"
+                    + raise_it.format(key="max_steps", value=2 * s.max_steps))
+        if s.max_epochs is not None and p.epoch >= s.max_epochs:
+            return (f"{where} has trained {p.epoch} epochs, its whole `training.max_epochs` ({s.max_epochs})"
+                    + raise_it.format(key="max_epochs", value=2 * s.max_epochs))
+        if s.max_minutes is not None and seconds >= s.max_minutes * 60:
+            return (f"{where} has trained {seconds / 60:.1f} minutes (all its runs together), its whole "
+                    f"`training.max_minutes` ({s.max_minutes:g})" + raise_it.format(key="max_minutes",
+                                                                                     value=f"{2 * s.max_minutes:g}"))
+        if self.validations.stopped_early:
+            return (f"{where} stopped early at step {p.step}: dev BLEU did not improve for "
+                    f"{s.early_stopping_patience} validations in a row; to train further, fine-tune its model in "
+                    f"another directory: attnmt train CONFIG --model-dir NEW_DIR --set training.init_from={where}")
+        return None
+
     def _out_of_budget(self, run_started: float, seconds_before: float) -> bool:
-        s = self.settings
         if self.stop_signals.received is not None:
             return True
-        if s.max_steps is not None and self.progress.step >= s.max_steps:
-            return True
-        if s.max_epochs is not None and self.progress.epoch >= s.max_epochs:
-            return True
-        if s.max_minutes is not None and seconds_before + time.perf_counter() - run_started >= s.max_minutes * 60:
-            return True
-        return self.validations.stopped_early
+        return self.spent(seconds_before + time.perf_counter() - run_started) is not None
 
     def _stop(self, run_started: float, seconds_before: float) -> bool:
         """Whether the run is over; in a distributed run the main process decides (clocks differ between them, and
@@ -601,6 +769,7 @@ class Trainer:
         """Keep in MODEL_DIR/validations.jsonl the validations up to the step this run starts from (rewritten
         atomically when any goes): the run replays the later ones, and logs them again. Lines a crash cut short go
         too. Returns the record of that very step, if it is there (no need to validate that step again at the end)."""
+        checkpoint.drop_checkpoints_after(self.model_dir, self.progress.step)  # replayed as the log's records are
         path = self.model_dir / VALIDATION_LOG
         if not path.is_file():
             return None
@@ -630,6 +799,8 @@ class Trainer:
         if self.dist.enabled:
             say(self.distributed_report())
         last_record = self.dist.from_main(self._trim_validation_log() if self.dist.is_main else None)
+        if p.step and (reason := self.spent()) is not None:
+            self._warn(f"nothing to train: {reason}")
         bar = tqdm(total=s.max_steps, initial=p.step, disable=not self.show_progress, unit="step",
                    dynamic_ncols=True, desc="train")
         run_started, seconds_before = time.perf_counter(), p.seconds
@@ -677,11 +848,59 @@ class Trainer:
                 f"{' (best, saved)' if last_record['best'] else ''}")
         self.save_state()
         self.dist.barrier()  # every process returns once the state is on disk
+        average = test = None
+        if not stopped_by_signal:
+            if self.dist.is_main:
+                average = self.average_last()
+                test = self.score_test()
+            self.dist.barrier()
         if self.writer is not None:
             self.writer.close()
         return {"steps": p.step, "epochs": p.epoch, "seconds": p.seconds, "best_dev_bleu": self.validations.best_bleu,
                 "target_tokens_per_second": p.target_tokens / max(p.seconds, 1e-9),
-                "model_dir": str(self.model_dir), "last_validation": last_record}
+                "model_dir": str(self.model_dir), "last_validation": last_record, "average": average, "test": test}
+
+    # --- the end of training -------------------------------------------------------------------------------------
+
+    def average_last(self) -> dict | None:
+        """`training.average_last: N`: θ̄ = (1/N) Σ_i θ_i over the last N kept checkpoints; if its dev BLEU beats the
+        best validation's, θ̄ becomes model.safetensors (`install_weights`). Both BLEUs and the choice go to
+        MODEL_DIR/average.json (and TensorBoard's dev/bleu_average); returns that record (None: off, or fewer than
+        two checkpoints kept)."""
+        count = self.settings.average_last
+        kept = checkpoint.kept_checkpoints(self.model_dir)[-count:] if count else []
+        if len(kept) < 2:
+            return None
+        tensors = average_tensors([path for _, path in kept])
+        averaged = copy.deepcopy(self.model)
+        averaged.load_state_dict(tensors, strict=False)
+        scores = self.dev_scores(averaged)
+        best = self.validations.best_bleu
+        installed = scores["bleu"] > best
+        if installed:
+            install_weights(self.model_dir, tensors, f"the average of {self.model_dir / checkpoint.CHECKPOINTS}")
+        record = {"steps": [step for step, _ in kept], "dev_bleu": round(scores["bleu"], 2),
+                  "dev_chrf": round(scores["chrf"], 2), "best_dev_bleu": round(best, 2), "installed": installed,
+                  "bleu_signature": scores["bleu_signature"]}
+        checkpoint.write_text(self.model_dir / AVERAGE_LOG, json.dumps(record, indent=1) + "\n")
+        self._log_scalars({"dev/bleu_average": scores["bleu"]})
+        return record
+
+    def score_test(self) -> dict | None:
+        """`training.score_test`: BLEU and chrF of the model directory's model (the best, or the average) on the
+        test set, translated with the config's search settings; written to MODEL_DIR/test_scores.json with the
+        signatures and search settings, and returned (None: off, or no test set)."""
+        if not self.settings.score_test or not self.corpora.test:
+            return None
+        translator = Translator.load(self.model_dir, device=str(self.dist.device))
+        search = translator.search_settings()
+        sources, references = (list(side) for side in zip(*self.corpora.test))
+        translations = translator.translate(sources, attention=False)
+        scores = corpus_scores([t.text for t in translations], references, tokenize=self.bleu_tokenizer)
+        record = {"test_set": describe_test_set(self.config.data), **scores,
+                  "search": search_record(search.model_dump())}
+        checkpoint.write_text(self.model_dir / TEST_SCORES, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        return record
 
 
 def _logged_record(line: str) -> dict | None:
@@ -694,11 +913,17 @@ def _logged_record(line: str) -> dict | None:
     return record
 
 
-def train(config: Config, model_dir: Path | None = None, resume: bool = False, show_progress: bool = True) -> dict:
-    """Train a model as `config` says; returns a summary (steps, seconds, best dev BLEU, tokens/s). In a process
-    that torchrun started, train together with the others (see attnmt/distributed.py)."""
+def train(config: Config, model_dir: Path | None = None, resume: bool = False, show_progress: bool = True,
+          refuse_spent: bool = False) -> dict:
+    """Train a model as `config` says; returns a summary (steps, seconds, best dev BLEU, tokens/s, the average and
+    test scores). In a process that torchrun started, train together with the others (see attnmt/distributed.py).
+    `refuse_spent`: a resumed run with nothing left to train (`Trainer.spent`) is a `BudgetSpent` saying how to raise
+    its budget, instead of a run of 0 steps."""
     context = distributed.init(config.training.device)
     try:
-        return Trainer(config, model_dir, resume, show_progress, context).train()
+        trainer = Trainer(config, model_dir, resume, show_progress, context)
+        if refuse_spent and resume and (reason := trainer.spent()) is not None:
+            raise BudgetSpent(f"nothing to train: {reason}")
+        return trainer.train()
     finally:
         context.close()

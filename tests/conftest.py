@@ -112,6 +112,25 @@ def served(model_dir: Path, settings: str = "") -> Iterator[tuple[str, int, list
         output.append(process.communicate(timeout=20)[0])
 
 
+def schema_disagreements(client, schema, bodies: list[dict]) -> list[tuple[dict, int]]:
+    """The request bodies on which the server (200 or 422, nothing else) and the schema's validator disagree."""
+    disagreements = []
+    for body in bodies:
+        status = client.post("/translate", json=body).status_code
+        assert status in (200, 422), (body, status)
+        if schema.is_valid(body) != (status == 200):
+            disagreements.append((body, status))
+    return disagreements
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> tuple[Path, Path]:
+    """A reversal training TSV of 200 pairs and a dev TSV of 12, shared by the tests that train many tiny runs."""
+    folder = tmp_path_factory.mktemp("corpus")
+    return (write_tsv(folder / "train.tsv", reversal_pairs(200, seed=11)),
+            write_tsv(folder / "dev.tsv", reversal_pairs(12, seed=12)))
+
+
 @pytest.fixture
 def tiny_corpus(tmp_path) -> tuple[Path, Path]:
     """A small reversal corpus (train.tsv, dev.tsv) for runs that only need a few steps."""
@@ -195,6 +214,24 @@ def transformer_model(tmp_path_factory) -> TrainedModel:
     seen = {src for src, _ in train}
     test = [pair for pair in reversal_pairs(100, seed=23) if pair[0] not in seen][:40]
     return TrainedModel(work / "model", trainer, test)
+
+
+@pytest.fixture(scope="session")
+def ensemble_partner(tmp_path_factory, reversal_model) -> TrainedModel:
+    """A tiny Transformer trained 30 steps with the reversal model's tokenizer file (`tokenizer.src_model`: its
+    spm.model, copied byte for byte), so that the two decode as one ensemble: an RNN beside a Transformer."""
+    work = tmp_path_factory.mktemp("partner")
+    train = reversal_pairs(400, seed=41)
+    dev = write_tsv(work / "dev.tsv", reversal_pairs(8, seed=42))
+    data = tiny_config_dict(write_tsv(work / "train.tsv", train), dev, work / "model",
+                            {"training.max_steps": 30, "training.validate_every": 1000,
+                             "training.schedule": "inverse_sqrt", "training.warmup_steps": 10,
+                             "training.learning_rate": 0.003,
+                             "tokenizer.src_model": str(reversal_model.model_dir / "spm.model")})
+    data["model"] = dict(TINY_TRANSFORMER)
+    trainer = Trainer(parse_config(data), show_progress=False)
+    trainer.train()
+    return TrainedModel(work / "model", trainer, reversal_model.test_pairs)
 
 
 @pytest.fixture(scope="session", params=["rnn", "transformer"])

@@ -116,10 +116,12 @@ def test_translate_n_best(capsys, tmp_path, reversal_model, lines):
     rows = out.splitlines()
     assert len(rows) == 4 * 3
     for start in range(0, len(rows), 3):
-        group = [row.split("\t") for row in rows[start:start + 3]]
-        scores = [float(score) for score, _ in group]
+        group = [row.split("\t") for row in rows[start:start + 3]]  # index, rank, score, logprob, text
+        assert [(int(index), int(rank)) for index, rank, *_ in group] == [(start // 3, 1), (start // 3, 2),
+                                                                         (start // 3, 3)]
+        scores = [float(score) for _, _, score, _, _ in group]
         assert scores == sorted(scores, reverse=True) and all(score <= 0 for score in scores)
-        assert len({text for _, text in group}) == 3
+        assert len({text for *_, text in group}) == 3
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def test_translate_one_text(client, reversal_model, reversal_translator):
     [result] = body["translations"]
     assert result["text"] == expected.text
     assert result["score"] == pytest.approx(expected.score, abs=1e-4)
-    assert set(result) == {"text", "score"}  # tokens and attention only when asked
+    assert set(result) == {"text", "score", "log_prob"}  # tokens and attention only when asked
 
 
 def test_translate_a_batch_keeps_order(client, reversal_model, reversal_translator):

@@ -210,7 +210,7 @@ def test_early_stopping_and_plateau_decay_are_the_same_in_a_resumed_run(tiny_con
     loss_at_step = {3: 2.0, 5: 1.0, 6: 2.5, 9: 1.5, 12: 1.4}
     current: list[Trainer] = []
 
-    def scripted_scores(hypotheses, references):
+    def scripted_scores(hypotheses, references, **options):
         return {"bleu": bleu_at_step[current[-1].progress.step], "chrf": 0.0}
 
     monkeypatch.setattr(training, "corpus_scores", scripted_scores)

@@ -26,7 +26,7 @@ from attnmt.data import read_corpora, read_lines
 from attnmt.errors import CheckpointError, ConfigError, CorpusError, DivergenceError
 from attnmt.models import build_model
 from attnmt.training import VALIDATION_LOG, Trainer, train
-from conftest import TINY_TRANSFORMER, reversal_pairs, tiny_config_dict, write_tsv
+from conftest import TINY_TRANSFORMER, reversal_pairs, tiny_config_dict
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks" / "reliability"))
@@ -41,13 +41,6 @@ BASE = {"model.embedding_size": 16, "model.hidden_size": 32, "model.encoder_hidd
         "training.save_every_minutes": None}
 FAMILIES = {"rnn": {}, "transformer": {"model": dict(TINY_TRANSFORMER)}}
 ADVICE = "delete it and train again without --resume"  # what every damaged or incomplete state's message says
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("corpus")
-    return (write_tsv(folder / "train.tsv", reversal_pairs(200, seed=11)),
-            write_tsv(folder / "dev.tsv", reversal_pairs(12, seed=12)))
 
 
 def make_config(corpus, model_dir: Path, overrides: dict | None = None) -> Config:

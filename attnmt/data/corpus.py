@@ -1,5 +1,6 @@
 """Reading parallel corpora (two aligned text files or one TSV file) and cutting held-out parts from them; and
-`read_corpora`, the train/dev/test text of a run as its config describes it.
+`read_corpora`, the train/dev/test text of a run as its config describes it (`write_split` puts the parts cut by
+`data.split` into the model directory, as dev.SRC / dev.TGT / test.SRC / test.TGT).
 
 Files are read in binary, one line at a time, and each line is decoded on its own, so that an encoding error can be
 reported with its exact line number and byte offset. Only `\\n` ends a line (a `\\r` before it is stripped), so
@@ -14,7 +15,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnmt.config import Config, CorpusConfig, resolve_path
+from attnmt.checkpoint import write_text
+from attnmt.config import Config, CorpusConfig, DataConfig, resolve_path
 from attnmt.errors import CorpusError
 
 Pair = tuple[str, str]
@@ -191,6 +193,37 @@ class Corpora:
     dev: list[Pair]
     test: list[Pair]
     dropped_empty: int
+
+
+def split_file_names(data: DataConfig, part: str) -> tuple[str, str]:
+    """The files a split's `part` (dev, test) is written to in the model directory: PART.SRC_LANG and PART.TGT_LANG
+    (dev.ko, dev.en); with one language on both sides PART.src.LANG and PART.tgt.LANG."""
+    if data.src_lang == data.tgt_lang:
+        return f"{part}.src.{data.src_lang}", f"{part}.tgt.{data.tgt_lang}"
+    return f"{part}.{data.src_lang}", f"{part}.{data.tgt_lang}"
+
+
+def write_split(model_dir: Path, data: DataConfig, corpora: "Corpora") -> list[str]:
+    """With `data.split`: write the dev and test parts cut from the training corpus into the model directory, one
+    sentence per line, each side in its own file (`split_file_names`), atomically; the names written. Without a
+    split: nothing."""
+    if data.split is None:
+        return []
+    written = []
+    for part, pairs in (("dev", corpora.dev), ("test", corpora.test)):
+        if not pairs:
+            continue
+        for name, side in zip(split_file_names(data, part), zip(*pairs)):
+            write_text(Path(model_dir) / name, "".join(sentence + "\n" for sentence in side))
+            written.append(name)
+    return written
+
+
+def describe_test_set(data: DataConfig) -> str:
+    """Where the test pairs come from, for reports: the split's files in the model directory, or `data.test`."""
+    if data.split is not None:
+        return f"the test part of data.split ({' + '.join(split_file_names(data, 'test'))} in the model directory)"
+    return f"data.test ({_files(data.test)})" if data.test is not None else "no test set"
 
 
 def read_corpora(config: Config) -> Corpora:

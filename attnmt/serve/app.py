@@ -17,6 +17,7 @@ import hmac
 import io
 import logging
 import math
+import re
 import time
 from contextlib import asynccontextmanager
 from functools import partial
@@ -36,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import attnmt
 from attnmt import fonts
-from attnmt.config import LENGTH_SLACK, SearchConfig
+from attnmt.config import LENGTH_SLACK, MAX_LENGTH_PENALTY, SAMPLING_OPTIONS, SearchConfig
 from attnmt.errors import ConfigError, TextTooLong
 from attnmt.models import ModelDescription
 from attnmt.search import max_output_lengths
@@ -77,13 +78,18 @@ def _web_font(path: Path) -> bytes:
 
 class Hypothesis(BaseModel):
     text: str
-    score: float | None = Field(description="log-probability Σ log p(y_t | y_<t, x); null if not finite")
+    score: float | None = Field(description="the ranking score: log_prob / ((5 + n) / 6) ** length_penalty, n its "
+                                            "tokens with EOS (equal to log_prob for greedy search or "
+                                            "length_penalty 0); null if not finite")
+    log_prob: float | None = Field(description="log-probability Σ log p(y_t | y_<t, x); null if not finite")
 
 
 class TranslationOut(BaseModel):
     text: str = Field(description="the best translation, detokenized")
-    score: float | None = Field(description="its log-probability Σ log p(y_t | y_<t, x); null if not finite")
-    n_best: list[Hypothesis] | None = Field(None, description="the n best hypotheses, best first (when n_best > 1)")
+    score: float | None = Field(description="its ranking score (see Hypothesis.score); null if not finite")
+    log_prob: float | None = Field(description="its log-probability Σ log p(y_t | y_<t, x); null if not finite")
+    n_best: list[Hypothesis] | None = Field(None, description="the n best hypotheses, best first by score (when "
+                                                              "n_best > 1)")
     source_tokens: list[str] | None = Field(None, description="source subwords: the columns of `attention` "
                                                               "(with return_attention)")
     target_tokens: list[str] | None = Field(None, description="target subwords and a final `</s>`: the rows of "
@@ -153,27 +159,32 @@ def _whole_number(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+SEARCH_FIELDS = ("beam_size", "n_best", "length_penalty", "prefix", "min_length", "no_repeat_ngram_size", "sampling",
+                 *SAMPLING_OPTIONS)  # the request's fields that `SearchConfig.resolve` checks
+
+
 def _no_default(schema: dict) -> None:
     schema.pop("default", None)  # absent, not null: the schema says which of text and texts must be there
 
 
-def _n_best_rules(settings: ServeSettings, defaults: SearchConfig) -> list[dict]:
-    """JSON Schema clauses saying which beam_size each n_best needs (none where any will do). They are found by asking
-    `SearchConfig.resolve`, the one owner of the rule n_best ≤ beam_size, about every pair within the limits, so that
-    the schema admits exactly the pairs the server accepts."""
+def _accepted(defaults: SearchConfig, **options) -> bool:
+    """Whether `SearchConfig.resolve` takes these options: the one owner of the rules the schema states."""
+    try:
+        defaults.resolve(**options)
+    except ConfigError:
+        return False
+    return True
 
-    def accepted(beam_size: int | None, n_best: int) -> bool:
-        try:
-            defaults.resolve(beam_size=beam_size, n_best=n_best)
-        except ConfigError:
-            return False
-        return True
 
+def _n_best_rules(settings: ServeSettings, defaults: SearchConfig, **fixed) -> list[dict]:
+    """JSON Schema clauses saying which beam_size each n_best needs (none where any will do), with the options
+    `fixed`. They are found by asking `SearchConfig.resolve`, the one owner of the rule n_best ≤ beam_size, about
+    every pair within the limits, so that the schema admits exactly the pairs the server accepts."""
     every_beam = list(range(1, settings.max_beam_size + 1))
     rules = []
     for n_best in range(1, settings.max_n_best + 1):
-        beams = [beam for beam in every_beam if accepted(beam, n_best)]
-        default = accepted(None, n_best)
+        beams = [beam for beam in every_beam if _accepted(defaults, beam_size=beam, n_best=n_best, **fixed)]
+        default = _accepted(defaults, n_best=n_best, **fixed)
         if beams == every_beam and default:
             continue
         then: dict | bool = False  # no beam_size within the limits allows this n_best
@@ -186,29 +197,81 @@ def _n_best_rules(settings: ServeSettings, defaults: SearchConfig) -> list[dict]
     return rules
 
 
+SAMPLING_EXAMPLES = {"top_k": 1, "top_p": 0.5, "temperature": 1.0, "seed": 0}  # a valid value of each option
+
+
+def _sampling_option_rule(settings: ServeSettings, defaults: SearchConfig, name: str, **fixed) -> dict | None:
+    """The clause saying with which beam_size the sampling option `name` may be given (it needs sampling on, and a
+    config's default sampling gives way to a beam_size asked for), or None where it takes what `fixed` takes."""
+    every_beam = list(range(1, settings.max_beam_size + 1))
+    example = {name: SAMPLING_EXAMPLES[name]}
+    beams = [beam for beam in every_beam if _accepted(defaults, beam_size=beam, **example, **fixed)]
+    without_beam = _accepted(defaults, **example, **fixed)
+    if (beams, without_beam) == ([beam for beam in every_beam if _accepted(defaults, beam_size=beam, **fixed)],
+                                 _accepted(defaults, **fixed)):
+        return None
+    if not beams and not without_beam:
+        return {"properties": {name: {"type": "null"}}}  # never
+    allowed = [{"enum": beams}] if beams else []
+    then = ({"properties": {"beam_size": {"anyOf": [*allowed, {"type": "null"}]} if beams else {"type": "null"}}}
+            if without_beam else
+            {"properties": {"beam_size": allowed[0]}, "required": ["beam_size"]})
+    return {"if": {"properties": {name: {"not": {"type": "null"}}}, "required": [name]}, "then": then}
+
+
+def _search_rules(settings: ServeSettings, defaults: SearchConfig) -> list[dict]:
+    """The schema's clauses for the search options, per value of `sampling` (absent or null, false, true): which
+    beam_size each n_best needs (`_n_best_rules`), which beam_size is allowed at all (sampling needs 1), and with which
+    beam_size each sampling option may be given (`_sampling_option_rule`). Each is found by asking
+    `SearchConfig.resolve`."""
+    every_beam = list(range(1, settings.max_beam_size + 1))
+    conditions = {None: {"properties": {"sampling": {"type": "null"}}},
+                  False: {"properties": {"sampling": {"const": False}}, "required": ["sampling"]},
+                  True: {"properties": {"sampling": {"const": True}}, "required": ["sampling"]}}
+    by_value = {}
+    for value in conditions:
+        rules = _n_best_rules(settings, defaults, sampling=value)
+        beams = [beam for beam in every_beam if _accepted(defaults, beam_size=beam, sampling=value)]
+        if beams != every_beam:
+            allowed = [{"enum": beams}] if beams else []
+            rules.append({"properties": {"beam_size": {"anyOf": [*allowed, {"type": "null"}]} if
+                                         _accepted(defaults, sampling=value) else {"enum": beams}}})
+        rules += [rule for name in SAMPLING_EXAMPLES
+                  if (rule := _sampling_option_rule(settings, defaults, name, sampling=value)) is not None]
+        by_value[value] = rules
+    if by_value[None] == by_value[False] == by_value[True]:
+        return by_value[None]
+    return [{"if": conditions[value], "then": {"allOf": rules}} for value, rules in by_value.items() if rules]
+
+
 def request_model(settings: ServeSettings, defaults: SearchConfig) -> type[BaseModel]:
     """The body of POST /translate; its limits come from the settings, its search defaults from `defaults` (the
-    model's, within the server's limits), and beam_size/n_best are checked by `SearchConfig.resolve`, as everywhere.
-    Its JSON schema says exactly what it accepts: one of `text` and `texts` (oneOf), and which beam_size each n_best
-    needs (`_n_best_rules`)."""
+    model's, within the server's limits), and the search options are checked by `SearchConfig.resolve`, as
+    everywhere. Its JSON schema says exactly what it accepts: one of `text` and `texts` (oneOf), and which beam_size
+    each n_best needs and what sampling allows (`_search_rules`)."""
     Text = Annotated[str, StringConstraints(max_length=settings.max_text_chars)]
     # (constraints before the validator: so they reach the JSON schema as minimum and maximum)
     BeamSize = Annotated[int, Field(ge=1, le=settings.max_beam_size), BeforeValidator(_whole_number)]
     NBest = Annotated[int, Field(ge=1, le=settings.max_n_best), BeforeValidator(_whole_number)]
-    n_best_rules = _n_best_rules(settings, defaults)
+    Count = Annotated[int, Field(ge=0), BeforeValidator(_whole_number)]
+    search_rules = _search_rules(settings, defaults)
 
     def schema_extra(schema: dict) -> None:
         schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
-        if n_best_rules:
-            schema["allOf"] = n_best_rules
+        if search_rules:
+            schema["allOf"] = search_rules
         schema["examples"] = [
             {"text": "나는 학생이다."},
-            {"texts": ["나는 학생이다.", "고마워요."], "beam_size": 5, "n_best": 3, "return_attention": True}]
+            {"texts": ["나는 학생이다.", "고마워요."], "beam_size": 5, "n_best": 3, "return_attention": True},
+            {"text": "나는 학생이다.", "prefix": "I", "min_length": 3, "no_repeat_ngram_size": 3,
+             "length_penalty": 0.6},
+            {"texts": ["나는 학생이다.", "고마워요."], "sampling": True, "top_p": 0.9, "temperature": 0.8,
+             "seed": 1}]
 
     class TranslateRequest(BaseModel):
         """Give `text` (one string) or `texts` (a list of strings); n_best may not exceed beam_size."""
 
-        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=schema_extra)
+        model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, json_schema_extra=schema_extra)
 
         text: Text = Field(None, description=f"one text, at most {settings.max_text_chars} characters",
                            json_schema_extra=_no_default)
@@ -220,6 +283,31 @@ def request_model(settings: ServeSettings, defaults: SearchConfig) -> type[BaseM
         n_best: NBest | None = Field(None, description=f"hypotheses to return per text, at most beam_size; default "
                                                        f"{defaults.n_best}, or beam_size if that is smaller")
         return_attention: bool = Field(False, description="also return the source/target tokens and the attention")
+        length_penalty: Annotated[float, Field(ge=0, le=MAX_LENGTH_PENALTY)] | None = Field(
+            None, description=f"alpha of the beam's length penalty ((5 + n) / 6) ** alpha: higher favours longer "
+                              f"translations; default {defaults.length_penalty:g}")
+        prefix: Text | None = Field(None, description=f"target text every translation of this request starts with: "
+                                                      f"its subwords are forced first (their log-probabilities count "
+                                                      f"in the score), then decoding goes on; default "
+                                                      f"{defaults.prefix!r}")
+        min_length: Count | None = Field(None, description=f"target subwords (the prefix's included) before the end "
+                                                           f"of the sentence is allowed; default {defaults.min_length}")
+        no_repeat_ngram_size: Count | None = Field(
+            None, description=f"n: a subword that would repeat an n-gram of the translation is never chosen; 0: off; "
+                              f"default {defaults.no_repeat_ngram_size}")
+        sampling: bool | None = Field(None, description=f"draw each subword from the model's distribution instead of "
+                                                         f"taking the best (needs beam_size 1, its default then); "
+                                                         f"default {str(defaults.sampling).lower()}")
+        top_k: Count | None = Field(None, description=f"with sampling: draw among the k most probable subwords; 0: "
+                                                      f"all; default {defaults.top_k}")
+        top_p: Annotated[float, Field(gt=0, le=1)] | None = Field(
+            None, description=f"with sampling: draw within the fewest most probable subwords whose probability sums "
+                              f"to at least p; default {defaults.top_p:g}")
+        temperature: Annotated[float, Field(gt=0)] | None = Field(
+            None, description=f"with sampling: draw from p ** (1 / temperature); default {defaults.temperature:g}")
+        seed: Count | None = Field(None, description="with sampling: the same seed draws the same translation of the "
+                                                     "same text, whatever else is batched with it; default: a new "
+                                                     "draw each time")
 
         @model_validator(mode="after")
         def _consistent(self) -> "TranslateRequest":
@@ -238,12 +326,16 @@ def request_model(settings: ServeSettings, defaults: SearchConfig) -> type[BaseM
             """The name of text `index` in this request."""
             return "text" if self.texts is None else f"texts[{index}]"
 
-        def search_options(self) -> dict[str, int]:
+        def search_options(self) -> dict[str, Any]:
+            """The options of `Translator.translate`, resolved (`SearchConfig.resolve`), so that requests asking for
+            the same search share model calls; sampling's options only with sampling on."""
             try:
-                search = defaults.resolve(beam_size=self.beam_size, n_best=self.n_best)
+                search = defaults.resolve(**{name: getattr(self, name) for name in SEARCH_FIELDS})
             except ConfigError as error:
-                raise ValueError(f"n_best: {error}") from None
-            return {"beam_size": search.beam_size, "n_best": search.n_best}
+                fields = [name for name in re.findall(r"`(\w+)`", str(error)) if name in SEARCH_FIELDS]
+                raise ValueError(f"{', '.join(dict.fromkeys(fields)) or 'body'}: {error}") from None
+            names = [name for name in SEARCH_FIELDS if search.sampling or name not in SAMPLING_OPTIONS]
+            return {name: getattr(search, name) for name in names}
 
     return TranslateRequest
 
@@ -262,7 +354,7 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _validation_error(errors: list[dict]) -> tuple[int, str, list[dict]]:
+def _validation_error(errors: list[dict], fields: list[str]) -> tuple[int, str, list[dict]]:
     """(status, message, detail) for pydantic/FastAPI errors; the detail leaves out the input (it may be huge)."""
     detail = [{"loc": list(e.get("loc", ())), "msg": _short(e.get("msg", "")), "type": e.get("type", "")}
               for e in errors]
@@ -281,7 +373,7 @@ def _validation_error(errors: list[dict]) -> tuple[int, str, list[dict]]:
     if kind == "value_error" and field == "body":  # from the model validator: the message names the fields
         return 422, _short(message), detail
     if kind == "extra_forbidden":
-        return 422, f"{field}: unknown field; the fields are text, texts, beam_size, n_best, return_attention", detail
+        return 422, f"{field}: unknown field; the fields are {', '.join(fields)}", detail
     return 422, f"{field}: {_short(message)}", detail
 
 
@@ -459,9 +551,10 @@ def _rounded(matrix: np.ndarray) -> list:
 
 
 def _translation_out(result: Translation, with_n_best: bool, with_attention: bool) -> TranslationOut:
-    fields: dict[str, Any] = {"text": result.text, "score": _score(result.score)}
+    fields: dict[str, Any] = {"text": result.text, "score": _score(result.score), "log_prob": _score(result.log_prob)}
     if with_n_best:
-        fields["n_best"] = [Hypothesis(text=h.text, score=_score(h.score)) for h in (result.n_best or [result])]
+        fields["n_best"] = [Hypothesis(text=h.text, score=_score(h.score), log_prob=_score(h.log_prob))
+                            for h in (result.n_best or [result])]
     if with_attention:
         fields["source_tokens"] = list(result.source_tokens)
         fields["target_tokens"] = result.target_tokens_with_eos if result.source_tokens else []
@@ -483,11 +576,11 @@ def attention_numbers_per_position(model: ModelDescription) -> int:
     return 1 if heads == 1 else 1 + heads + model.attention_layers
 
 
-def _render(results: list[Translation], options: dict[str, int], with_attention: bool, begin: float) -> bytes:
+def _render(results: list[Translation], options: dict[str, Any], with_attention: bool, begin: float) -> bytes:
     """The JSON body of a TranslateResponse (run off the event loop: a body with attention can be large)."""
     items = [_translation_out(r, options["n_best"] > 1, with_attention) for r in results]
     response = TranslateResponse(translations=items, elapsed_ms=round((time.perf_counter() - begin) * 1000, 2),
-                                 **options)
+                                 beam_size=options["beam_size"], n_best=options["n_best"])
     return response.model_dump_json(exclude_unset=True).encode()
 
 
@@ -498,8 +591,8 @@ def _self_check(translator: Translator, defaults: SearchConfig, text: str) -> st
         [result] = translator.translate([text], beam_size=defaults.beam_size, n_best=defaults.n_best)
     except Exception as error:  # what a request would get as a 500
         return f"the model cannot translate: a test translation failed ({type(error).__name__}: {_short(error)})"
-    if not math.isfinite(result.score):
-        return (f"the model cannot translate: a test translation's log-probability is {result.score}, not a finite "
+    if not math.isfinite(result.log_prob):
+        return (f"the model cannot translate: a test translation's log-probability is {result.log_prob}, not a finite "
                 f"number; check or retrain the model")
     return None
 
@@ -513,7 +606,8 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
     settings = settings or ServeSettings()
     config = translator.config
     model = translator.describe()
-    defaults = translator.search_settings(beam_size=min(config.search.beam_size, settings.max_beam_size))
+    defaults = translator.search_settings(beam_size=settings.max_beam_size if config.search.beam_size >
+                                          settings.max_beam_size else None)
     defaults = defaults.resolve(n_best=min(defaults.n_best, settings.max_n_best))  # the model's, within the limits
     TranslateRequest = request_model(settings, defaults)
     max_source_tokens = settings.max_source_tokens or translator.max_source_tokens
@@ -559,14 +653,18 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
             return (f"{request.field(error.index)}: {error.length} subwords, over the limit of {error.limit} "
                     f"({source_cap}); split it into shorter texts")
         sources = torch.tensor(lengths)
-        outputs = max_output_lengths(sources, defaults.max_length_ratio) * (sources > 0)  # an empty text: no search
-        beam_size = request.search_options()["beam_size"]
+        options = request.search_options()
+        prefix = translator.prefix_lengths([options["prefix"]])[0] if options["prefix"] else 0
+        outputs = max_output_lengths(sources, defaults.max_length_ratio, prefix) * (sources > 0)  # empty: no search
+        beam_size = options["beam_size"]
         work = beam_size * int(outputs.sum())
         if work > settings.max_request_work:
+            forced = f" + the prefix's {prefix}" if prefix else ""
             return (f"{'text' if request.texts is None else 'texts'}, beam_size: up to {work:,} decoding steps "
                     f"(beam_size {beam_size} × the most target tokens of each text, {defaults.max_length_ratio:g} × "
-                    f"its subwords + {LENGTH_SLACK}), over the limit of {settings.max_request_work:,} a request "
-                    f"(max_request_work); send fewer or shorter texts, or a smaller beam_size")
+                    f"its subwords + {LENGTH_SLACK}{forced}), over the limit of {settings.max_request_work:,} a "
+                    f"request (max_request_work); send fewer or shorter texts, or a smaller beam_size"
+                    f"{', or a shorter prefix' if prefix else ''}")
         values = per_position * int(((outputs + 1) * sources).sum())
         if request.return_attention and values > settings.max_attention_values:
             return (f"return_attention: the attention of these texts could hold {values:,} numbers, over the limit "
@@ -576,7 +674,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        status, message, detail = _validation_error(list(error.errors()))
+        status, message, detail = _validation_error(list(error.errors()), list(TranslateRequest.model_fields))
         return _error_response(status, message, detail)
 
     @app.exception_handler(StarletteHTTPException)
@@ -642,11 +740,12 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
         examples=list(examples or []),
         source_language=config.data.src_lang, target_language=config.data.tgt_lang,
         source_vocab_size=translator.tokenizer.src_vocab_size, target_vocab_size=translator.tokenizer.tgt_vocab_size,
-        defaults={"beam_size": defaults.beam_size, "n_best": defaults.n_best,
-                  "length_penalty": defaults.length_penalty, "max_length_ratio": defaults.max_length_ratio},
+        defaults={"max_length_ratio": defaults.max_length_ratio,
+                  **{name: getattr(defaults, name) for name in SEARCH_FIELDS}},
         limits={"max_text_chars": settings.max_text_chars, "max_source_tokens": max_source_tokens,
                 "max_texts": settings.max_texts, "max_beam_size": settings.max_beam_size,
-                "max_n_best": settings.max_n_best, "max_request_work": settings.max_request_work,
+                "max_n_best": settings.max_n_best, "max_length_penalty": MAX_LENGTH_PENALTY,
+                "max_request_work": settings.max_request_work,
                 "max_attention_values": settings.max_attention_values, "max_body_bytes": settings.max_body_bytes,
                 "request_timeout_s": settings.request_timeout_s, "rate_limit": settings.rate_limit},
         batching={"enabled": settings.batching, "max_batch_size": settings.max_batch_size,

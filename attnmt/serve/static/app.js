@@ -14,6 +14,8 @@
   const source = $("source");
   const beamInput = $("beam-size");
   const nBestInput = $("n-best");
+  const lengthPenaltyInput = $("length-penalty");
+  const prefixInput = $("prefix");
   const apiKeyInput = $("api-key");
   const button = $("translate");
   const status = $("status");
@@ -69,6 +71,10 @@
       beamInput.max = info.limits.max_beam_size;
       beamInput.value = info.defaults.beam_size;
       nBestInput.max = info.limits.max_n_best;
+      lengthPenaltyInput.max = info.limits.max_length_penalty;
+      lengthPenaltyInput.value = info.defaults.length_penalty;
+      prefixInput.maxLength = info.limits.max_text_chars;
+      prefixInput.value = info.defaults.prefix || "";
       source.maxLength = info.limits.max_text_chars;
       const srcLang = languageTag(info.source_language);
       const tgtLang = languageTag(info.target_language);
@@ -188,6 +194,9 @@
     const body = { text: source.value, return_attention: true };
     if (beam !== undefined) body.beam_size = beam;
     if (nBest !== undefined) body.n_best = nBest;
+    // sent as typed: the server checks the options (and says what is wrong); a blank field leaves the default
+    if (lengthPenaltyInput.value.trim() !== "") body.length_penalty = Number(lengthPenaltyInput.value);
+    if (prefixInput.value !== "") body.prefix = prefixInput.value;
     button.disabled = true;
     result.setAttribute("aria-busy", "true");
     setStatus("Translating…");
@@ -225,8 +234,7 @@
     const text = $("translation");
     text.textContent = translation.text || "(empty translation)";
     text.classList.toggle("empty", !translation.text);
-    $("score").textContent = translation.score === null || translation.score === undefined ? "" :
-      `log-probability ${translation.score.toFixed(3)}`;
+    $("score").textContent = scores(translation);
     renderNBest(translation.n_best || []);
     renderTokens(translation);
     showView(translation);
@@ -234,6 +242,15 @@
     if (document.fonts && document.fonts.ready) await document.fonts.ready;
     renderHeatmap(translation, shown);
     detail.textContent = "";
+  }
+
+  // The two numbers of a translation, as the API gives them: the score the beam ranks by (length-normalized) and the
+  // log-probability Σ log p; one when they are equal (greedy search, length_penalty 0).
+  function scores(hypothesis) {
+    const shown = (value) => value === null || value === undefined ? "–" : value.toFixed(3);
+    if (hypothesis.score === undefined && hypothesis.log_prob === undefined) return "";
+    if (hypothesis.score === hypothesis.log_prob) return `log-probability ${shown(hypothesis.log_prob)}`;
+    return `score ${shown(hypothesis.score)} · log-probability ${shown(hypothesis.log_prob)}`;
   }
 
   function renderNBest(hypotheses) {
@@ -246,7 +263,7 @@
       text.textContent = hypothesis.text || "(empty)";
       const score = document.createElement("span");
       score.className = "score";
-      score.textContent = hypothesis.score === null ? "" : hypothesis.score.toFixed(3);
+      score.textContent = scores(hypothesis);
       item.append(text, score);
       list.append(item);
     }
