@@ -23,6 +23,7 @@ import yaml
 from attnmt import __version__
 from attnmt.config import LENGTH_SLACK
 from attnmt.evaluation import TOKENIZERS
+from attnmt.quantization import DEFAULT_QUANTIZATION, QUANTIZATIONS
 from attnmt.errors import AttnmtError, BudgetSpent, CheckpointError, CorpusError, StorageError
 
 DEMO_CONFIG = "pkg://configs/ko_en_demo.yaml"
@@ -285,7 +286,8 @@ def command_translate(args) -> None:
         raise AttnmtError(f"--max-source-tokens {args.max_source_tokens}: give a number of subwords, at least 1")
     if args.buffer_size < 1:
         raise AttnmtError(f"--buffer-size {args.buffer_size}: give a number of lines, at least 1")
-    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
+    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision,
+                                 quantization=args.quantization, **_backend_options(args))
     translator.search_settings(**_search_options(args))  # a bad option stops here, before any input is read
     _check_alignment_options(args, translator)
     alignment = _moses_alignment(args.layer, args.head) if args.print_alignment else None
@@ -305,7 +307,8 @@ def command_score(args) -> None:
     from attnmt.data import read_corpus
     from attnmt.translator import Translator, perplexity
 
-    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
+    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision,
+                                 quantization=args.quantization)
     translator.search_settings(batch_size=args.batch_size)  # a bad --batch-size stops here
     pairs = read_corpus(CorpusConfig(src=args.src, tgt=args.ref))
     for number, (source, _) in enumerate(pairs, start=1):
@@ -351,7 +354,8 @@ def command_evaluate(args) -> None:
         check_tokenizer(args.tokenize)  # before the model loads
     pairs = _evaluation_pairs(args)
     sources, references = [s for s, _ in pairs], [r for _, r in pairs]
-    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
+    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision,
+                                 quantization=args.quantization, **_backend_options(args))
     search = search_record(translator.search_settings(**_search_options(args)).model_dump())
     tokenize = args.tokenize or default_tokenizer(translator.config.data.tgt_lang)
     translations = translator.translate(sources, attention=False, **_search_options(args))
@@ -402,7 +406,8 @@ def command_attention(args) -> None:
 
     if args.all_heads and args.head is not None:
         raise AttnmtError("--all-heads draws every head; give either --all-heads or --head, not both")
-    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision)
+    translator = Translator.load(args.model_dir, device=args.device, mixed_precision=args.mixed_precision,
+                                 quantization=args.quantization)
     if not translator.describe().has_attention:
         raise AttnmtError(f"the model in {args.model_dir} has `attention: none`: there is no attention to draw")
     result = translator.translate([args.sentence], beam_size=args.beam_size)[0]
@@ -554,7 +559,16 @@ def command_serve(args) -> None:
         max_attention_values=args.max_attention_values, request_timeout_s=args.request_timeout_s,
         allowed_hosts=args.allowed_host, api_key=args.api_key, rate_limit=args.rate_limit)
     serve(args.model_dir, host=args.host, port=args.port, settings=settings, log_level=args.log_level,
-          device=args.device, mixed_precision=args.mixed_precision)
+          device=args.device, mixed_precision=args.mixed_precision, quantization=args.quantization,
+          **_backend_options(args))
+
+
+def command_export(args) -> None:
+    from attnmt.export import export_ctranslate2
+
+    out = export_ctranslate2(args.model_dir, args.output, quantization=args.quantization, positions=args.positions)
+    print(f"attnmt export: {args.model_dir} → {out} (CTranslate2, {args.quantization}); translate with it: attnmt "
+          f"translate {args.model_dir} --backend ctranslate2")
 
 
 def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
@@ -598,6 +612,22 @@ def _add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"], default="none",
                         help="translate under torch.autocast: bf16 (CPUs with bfloat16 instructions, recent GPUs) or "
                              "fp16 (GPUs); log-probabilities stay float32 (default none: float32)")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default=DEFAULT_QUANTIZATION,
+                        help="int8: dynamic int8 weights and activations on the CPU, faster decoding (each family "
+                             "quantizes its own layers; docs/translate.md); default none: float32")
+
+
+def _backend_options(args) -> dict:
+    return {"backend": args.backend, "compute_type": args.compute_type}
+
+
+def _add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["torch", "ctranslate2"], default="torch",
+                        help="ctranslate2: decode with the model's CTranslate2 export (attnmt export; Transformers "
+                             "only; docs/export.md); default torch")
+    parser.add_argument("--compute-type", metavar="TYPE",
+                        help="with --backend ctranslate2: float32, int8, int8_float32 (CPU), float16, int8_float16 "
+                             "(GPU), ...; default: the export's own")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -647,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "source it was trained on")
     _add_search_arguments(translate)
     _add_device_argument(translate)
+    _add_backend_argument(translate)
     translate.set_defaults(run=command_translate)
 
     score = commands.add_parser(
@@ -674,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     _add_search_arguments(evaluate)
     _add_device_argument(evaluate)
+    _add_backend_argument(evaluate)
     evaluate.set_defaults(run=command_evaluate)
 
     average = commands.add_parser("average", help="average the last N checkpoints a run kept "
@@ -750,7 +782,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="translation requests per minute from one client address; more get 429")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _add_device_argument(serve)
+    _add_backend_argument(serve)
     serve.set_defaults(run=command_serve)
+
+    export = commands.add_parser("export", help="write a model for a fast inference engine: a CTranslate2 directory "
+                                                "(Transformers; docs/export.md)")
+    export.add_argument("model_dir")
+    export.add_argument("--to", choices=["ctranslate2"], required=True, help="the format")
+    export.add_argument("--quantization", choices=["float32", "int8", "int8_float32"], default="float32",
+                        help="weight type of the export (default float32; CTranslate2 can also convert float32 "
+                             "weights as it loads them: translate --compute-type)")
+    export.add_argument("-o", "--output", help="the directory to write (default MODEL_DIR/ctranslate2, or "
+                                               "MODEL_DIR/ctranslate2-QUANT)")
+    export.add_argument("--positions", type=int, metavar="N",
+                        help="rows of the position tables: the longest source, and translation + 1, it can handle "
+                             "(default: room for data.max_length and max_length_ratio, at least 1024)")
+    export.set_defaults(run=command_export)
 
     data = commands.add_parser("data", help="fetch a corpus by name (multi30k, tatoeba-kor-eng, tatoeba-eng-fra, "
                                              "ko-en-pydocs) into DIR/NAME, checking each file's SHA-256; "

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnmt import checkpoint, devices, manifest
+from attnmt import checkpoint, devices, manifest, quantization as quantizing
 from attnmt.config import Config, SearchConfig, load_config
 from attnmt.data import Tokenizer
 from attnmt.data.batching import collate, pad_sequences
@@ -178,6 +178,7 @@ class Translator:
         self.config = config
         devices.check_mixed_precision(mixed_precision, self.device, option="mixed_precision")
         self.mixed_precision = mixed_precision
+        self.quantization = quantizing.DEFAULT_QUANTIZATION  # `load` records int8 here
 
     @property
     def device(self) -> torch.device:
@@ -190,10 +191,13 @@ class Translator:
 
     @classmethod
     def load(cls, model_dir: str | Path | Sequence[str | Path], device: str = "auto", mixed_precision: str = "none",
-             check_manifest: bool = True) -> "Translator":
+             check_manifest: bool = True, quantization: str = quantizing.DEFAULT_QUANTIZATION, backend: str = "torch",
+             compute_type: str | None = None) -> "Translator":
         """Load config.yaml, the tokenizer and model.safetensors from a model directory, and put the model on `device`
         (auto | cpu | cuda | cuda:N; auto: a GPU if torch sees one, else the CPU); it translates in float32, or
-        under autocast with `mixed_precision` bf16 | fp16 (fp16: GPUs only).
+        under autocast with `mixed_precision` bf16 | fp16 (fp16: GPUs only), or with `quantization="int8"` in dynamic
+        int8 on the CPU (`attnmt.quantization`: each model's family says which of its modules quantize; `auto` is
+        then the CPU; attention is returned as before).
 
         A list of several directories loads them as one ensemble (`attnmt.models.ensemble.Ensemble`: the mean of their
         next-token probabilities), models of any family; they must have the same tokenizer files
@@ -203,8 +207,17 @@ class Translator:
         First every file is checked against manifest.json (`attnmt.manifest.check`; a directory without one loads
         with a warning); `check_manifest=False` skips that (`attnmt verify --write` does, to write one). A file that
         does not match, cannot be read, does not fit the others or holds non-finite weights is a `CheckpointError`
-        (or a `StorageError`) naming the file."""
-        target = devices.choose(device, option="device")
+        (or a `StorageError`) naming the file.
+
+        `backend="ctranslate2"` translates with the directory's CTranslate2 export (`attnmt export`) in `compute_type`
+        (float32, int8, int8_float32, ...): `attnmt.backends`, same `Translation` objects."""
+        if backend != "torch" or compute_type is not None:
+            from attnmt.backends import load_backend
+            return load_backend(backend, model_dir, device=device, mixed_precision=mixed_precision,
+                                check_manifest=check_manifest, quantization=quantization, compute_type=compute_type)
+        quantizing.check_quantization(quantization)
+        target = devices.choose(quantizing.device_option(quantization, device), option="device")
+        quantizing.check_placement(quantization, target, mixed_precision)
         model_dirs = [Path(model_dir)] if isinstance(model_dir, (str, Path)) else [Path(d) for d in model_dir]
         if not model_dirs:
             raise CheckpointError("no model directory given: give one, or several for an ensemble")
@@ -217,10 +230,12 @@ class Translator:
         check_shared_tokenizer(model_dirs)
         config = load_config(model_dirs[0] / checkpoint.CONFIG_FILE)
         tokenizer = Tokenizer.load(model_dirs[0])
-        members = [_load_model(directory, tokenizer) for directory in model_dirs]
+        members = [quantizing.quantize(_load_model(directory, tokenizer), quantization) for directory in model_dirs]
         model = members[0] if len(members) == 1 else Ensemble(members, [str(d) for d in model_dirs])
         model.to(target).eval()
-        return cls(model, tokenizer, config, mixed_precision)
+        translator = cls(model, tokenizer, config, mixed_precision)
+        translator.quantization = quantization
+        return translator
 
     def _translation(self, hypothesis: Hypothesis, source_ids: list[int]) -> Translation:
         heads = None if hypothesis.attention is None else hypothesis.attention.transpose(1, 2, 0, 3)  # [L, H, T, S]
@@ -247,6 +262,21 @@ class Translator:
         """The subwords of each sentence, as `translate` encodes it."""
         return [len(ids) for ids in self._encode(sentences)]
 
+    def _prepare(self, sentences: list[str], max_source_tokens: int | None, prefix: str | Sequence[str] | None,
+                 **options) -> tuple[SearchConfig, list[list[int]], list[list[int]]]:
+        """What every backend's `translate` starts with: the search settings (`options` and a one-string `prefix`
+        checked by `SearchConfig.resolve`), the sentences' source ids (each within `max_source_tokens`, if given)
+        and each sentence's forced target prefix ids."""
+        if isinstance(sentences, str):
+            raise TypeError("translate takes a list of sentences; for one sentence: translate([sentence])[0]")
+        search = self.search_settings(prefix=prefix if isinstance(prefix, str) else None, **options)
+        source_ids = self._encode(sentences)
+        if max_source_tokens is not None:
+            check_source_lengths([len(ids) for ids in source_ids], max_source_tokens)
+        prefix_ids = self._prefix_ids(search.prefix if prefix is None or isinstance(prefix, str) else prefix,
+                                      len(sentences))
+        return search, source_ids, prefix_ids
+
     def translate(self, sentences: list[str], beam_size: int | None = None, n_best: int | None = None,
                   length_penalty: float | None = None, max_length_ratio: float | None = None,
                   batch_size: int | None = None, attention: bool = True, max_source_tokens: int | None = None,
@@ -269,18 +299,11 @@ class Translator:
         search; beam_size must be 1) from the distribution cut by `top_k`, `top_p` and sharpened or flattened by
         `temperature`; with a `seed` a sentence's draw depends on the seed and the sentence alone.
         """
-        if isinstance(sentences, str):
-            raise TypeError("translate takes a list of sentences; for one sentence: translate([sentence])[0]")
-        search = self.search_settings(beam_size=beam_size, n_best=n_best, length_penalty=length_penalty,
-                                      max_length_ratio=max_length_ratio, batch_size=batch_size,
-                                      prefix=prefix if isinstance(prefix, str) else None, min_length=min_length,
-                                      no_repeat_ngram_size=no_repeat_ngram_size, sampling=sampling, top_k=top_k,
-                                      top_p=top_p, temperature=temperature, seed=seed)
-        source_ids = self._encode(sentences)
-        if max_source_tokens is not None:
-            check_source_lengths([len(ids) for ids in source_ids], max_source_tokens)
-        prefix_ids = self._prefix_ids(search.prefix if prefix is None or isinstance(prefix, str) else prefix,
-                                      len(sentences))
+        search, source_ids, prefix_ids = self._prepare(
+            sentences, max_source_tokens, prefix, beam_size=beam_size, n_best=n_best, length_penalty=length_penalty,
+            max_length_ratio=max_length_ratio, batch_size=batch_size, min_length=min_length,
+            no_repeat_ngram_size=no_repeat_ngram_size, sampling=sampling, top_k=top_k, top_p=top_p,
+            temperature=temperature, seed=seed)
         sampler = (Sampling(search.temperature, search.top_k, search.top_p, search.seed) if search.sampling else
                    None)
         was_training = self.model.training

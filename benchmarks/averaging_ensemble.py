@@ -45,6 +45,7 @@ def train_segments(seed: int, steps: int, keep: int, every: int) -> Path:
     model_dir = WORK / f"seed{seed}"
     settings = {"training.seed": seed, "training.max_minutes": None, "training.validate_every": every,
                 "training.mixed_precision": "bf16", "training.save_every_minutes": None,
+                "training.score_test": False,
                 **shared_data_overrides(ROOT / CONFIG)}
     for target in kept_steps(steps, keep, every):
         kept = model_dir / "kept" / f"step_{target}.safetensors"

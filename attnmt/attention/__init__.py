@@ -13,6 +13,8 @@ scorer (e.g. `hidden_size`, `activation`).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -22,7 +24,8 @@ from attnmt.attention.normalizers import NORMALIZERS, Normalizer, masked_softmax
 from attnmt.attention.scores import SCORERS, Scorer
 from attnmt.errors import ConfigError
 
-__all__ = ["Attention", "NORMALIZERS", "SCORERS", "WINDOWS", "build", "masked_softmax"]
+__all__ = ["Attention", "NORMALIZERS", "SCORERS", "WINDOWS", "build", "compare_normalizers", "masked_softmax",
+           "recorded_energies"]
 
 
 class Attention(nn.Module):
@@ -40,6 +43,7 @@ class Attention(nn.Module):
         self.scorer = scorer
         self.normalizer = normalizer if normalizer is not None else Normalizer("softmax")
         self.window = window
+        self.energy_log: list[tuple[Attention, torch.Tensor]] | None = None  # set by `recorded_energies`
 
     def prepare_keys(self, keys: torch.Tensor) -> torch.Tensor:
         return self.scorer.prepare_keys(keys)
@@ -47,6 +51,8 @@ class Attention(nn.Module):
     def attend(self, query: torch.Tensor, prepared_keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
                query_positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         energies = self.scorer(query, prepared_keys)  # [B, Tq, Tk]
+        if self.energy_log is not None:
+            self.energy_log.append((self, energies.detach()))
         if self.window is None:
             weights = self.normalizer(energies, mask)  # [B, Tq, Tk]
         else:
@@ -61,6 +67,29 @@ class Attention(nn.Module):
         """query [B, Tq, dq], keys [B, Tk, dk], values [B, Tk, dv], mask [B, Tk], query_positions [B, Tq] or None
         → (context [B, Tq, dv], weights [B, Tq, Tk])."""
         return self.attend(query, self.prepare_keys(keys), values, mask, query_positions)
+
+
+@contextmanager
+def recorded_energies(model: nn.Module) -> Iterator[list[tuple[Attention, torch.Tensor]]]:
+    """While inside, every `Attention` module of `model` appends (itself, its energies e = f(q, K) [B, Tq, Tk]) to the
+    list yielded, once per call, before the normalizer sees them (the lab's energies view, attnmt/trace.py). A model
+    without such modules (a Transformer's heads are `MultiHeadAttention`) records nothing."""
+    log: list[tuple[Attention, torch.Tensor]] = []
+    modules = [module for module in model.modules() if isinstance(module, Attention)]
+    for module in modules:
+        module.energy_log = log
+    try:
+        yield log
+    finally:
+        for module in modules:
+            module.energy_log = None
+
+
+def compare_normalizers(energies: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+                        ) -> dict[str, torch.Tensor]:
+    """α = normalize(e / T) for every normalizer of `NORMALIZERS` on the same energies [B, Tq, Tk] (mask [B, Tk]):
+    what softmax, sparsemax and entmax15 would make of one step's scores. {name: weights [B, Tq, Tk]}"""
+    return {name: Normalizer(name, temperature)(energies, mask) for name in NORMALIZERS}
 
 
 def build(name: str, query_size: int, key_size: int, normalizer: str = "softmax", temperature: float = 1.0,

@@ -269,6 +269,20 @@ class RNNSeq2Seq(nn.Module):
         logits, weights = self.decoder(tgt_in, self.start_state(memory), memory)  # weights [B, T, S]
         return logits, weights[:, :, None, None] if weights is not None and return_attention else None
 
+    def int8_modules(self) -> set[str]:
+        """What dynamic int8 quantization replaces (`attnmt.quantization`): the encoder and decoder RNNs when they are
+        GRUs or LSTMs (torch has no int8 plain RNN), the bridge W_b, the combine layer W_c and the output layer W_o
+        (V × H per step: often the largest cost of decoding). The attention's scorer stays float32: some scorers read
+        their matrices directly (concat splits W into W_K and W_q), and its keys are projected once per sentence."""
+        names = {"decoder.output"}
+        if self.config.cell in ("gru", "lstm"):
+            names |= {"encoder.rnn", "decoder.rnn"}
+        if self.bridge.projection is not None:
+            names.add("bridge.projection")
+        if self.decoder.combine is not None and self.decoder.combine.kind == "concat":
+            names.add("decoder.combine.projection")
+        return names
+
     def describe(self) -> ModelDescription:
         c = self.config
         cell, encoder = c.cell.upper(), c.encoder_hidden_size or c.hidden_size

@@ -285,6 +285,12 @@ class TransformerSeq2Seq(nn.Module):
         h, _, attention = self._decode(tgt_in, self.start_state(memory), memory, need_weights=return_attention)
         return self.output(h), attention
 
+    def int8_modules(self) -> set[str]:
+        """What dynamic int8 quantization replaces (`attnmt.quantization`): every Linear layer, i.e. W_q, W_k, W_v,
+        W_o of each attention, both feed-forward matrices and the output layer over the vocabulary; embeddings,
+        positions and layer norms stay float32."""
+        return {name for name, module in self.named_modules() if isinstance(module, nn.Linear)}
+
     def describe(self) -> ModelDescription:
         c = self.config
         summary = (f"Transformer {c.encoder_layers} + {c.decoder_layers} layers, d_model {c.hidden_size}, "

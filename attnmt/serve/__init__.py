@@ -188,10 +188,12 @@ def _http_protocol(header_timeout_s: float) -> type:
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          log_level: str = "info", device: str = "auto", mixed_precision: str = "none") -> None:
+          log_level: str = "info", device: str = "auto", mixed_precision: str = "none", quantization: str = "none",
+          backend: str = "torch", compute_type: str | None = None) -> None:
     """Load the model directory onto `device` (auto | cpu | cuda | cuda:N), translating in `mixed_precision` (none |
-    bf16 | fp16), and serve it until interrupted (Ctrl-C). Host names not in `settings.allowed_hosts` (default:
-    `default_allowed_hosts(host)`) get 421, a defence against DNS rebinding."""
+    bf16 | fp16) or `quantization` (none | int8: `Translator.load`), and serve it until interrupted (Ctrl-C). Host
+    names not in `settings.allowed_hosts` (default: `default_allowed_hosts(host)`) get 421, a defence against DNS
+    rebinding."""
     import uvicorn
 
     from attnmt import checkpoint
@@ -200,7 +202,9 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sett
     settings = settings or ServeSettings()
     if settings.allowed_hosts is None:
         settings = settings.model_copy(update={"allowed_hosts": default_allowed_hosts(host)})
-    translator = Translator.load(model_dir, device, mixed_precision)  # CheckpointError (an AttnmtError) for a bad directory
+    # a CheckpointError (an AttnmtError) for a bad directory, a QuantizationError for int8 where it cannot run
+    translator = Translator.load(model_dir, device, mixed_precision, quantization=quantization, backend=backend,
+                                 compute_type=compute_type)  # backend: attnmt.backends
     _check_port_free(host, port)
     app = create_app(translator, settings, checkpoint.read_examples(model_dir))
     batching = (f"batches of up to {settings.max_batch_size} texts, {settings.max_wait_ms:g} ms wait"

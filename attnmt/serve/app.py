@@ -57,6 +57,8 @@ PAGE_HEADERS = {
 ATTENTION_DECIMALS = 4
 FAILING_AFTER = 3  # model calls failed in a row before /health says "failing"
 SELF_CHECK_TEXT = "a"  # what the start-up self-check translates when the model directory offers no example
+MODEL_PATHS = ("/translate", "/trace")  # POST endpoints that run the model: the API key and the rate limit guard them
+PAGE_PATHS = ("/", "/lab")  # the pages (with /static/): they get PAGE_HEADERS
 
 
 def _web_font(path: Path) -> bytes:
@@ -456,7 +458,7 @@ class _Guard:
                 shown = "missing" if name is None else f"{_short(name, 100)!r} is not a name this server answers to"
                 return _error_response(421, f"Host: {shown}; if it should be, start the server with "
                                             f"--allowed-host NAME")
-        if not (scope.get("path") == "/translate" and scope.get("method") == "POST"):
+        if not (scope.get("path") in MODEL_PATHS and scope.get("method") == "POST"):
             return None
         if self.limiter is not None:
             client = (scope.get("client") or ("unknown",))[0]
@@ -477,7 +479,7 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        page = scope.get("path", "") == "/" or scope.get("path", "").startswith("/static/")
+        page = scope.get("path", "") in PAGE_PATHS or scope.get("path", "").startswith("/static/")
 
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
@@ -674,7 +676,8 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        status, message, detail = _validation_error(list(error.errors()), list(TranslateRequest.model_fields))
+        fields = TraceRequest.model_fields if request.url.path == "/trace" else TranslateRequest.model_fields
+        status, message, detail = _validation_error(list(error.errors()), list(fields))
         return _error_response(status, message, detail)
 
     @app.exception_handler(StarletteHTTPException)
@@ -774,5 +777,8 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
             font_cache["font"] = await run_in_threadpool(_web_font, path)
         return Response(font_cache["font"], media_type="font/ttf", headers={"cache-control": "max-age=86400"})
 
+    from attnmt.serve.lab import add_lab  # the lab imports this module
+
+    TraceRequest = add_lab(app, translator, settings, defaults, max_source_tokens, source_cap, security)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
