@@ -54,13 +54,13 @@ COMPUTE_TYPES = ("default", "auto", "float32", "int8", "int8_float32", "int8_flo
 
 def _description(config, tokenizer: Tokenizer) -> ModelDescription:
     """The model's own description (built on the meta device: no weights read), with the attention CTranslate2
-    returns: one layer, one head (the last layer's mean)."""
+    returns: one layer, one head (the last layer's mean), and no self-attention (it returns none)."""
     with torch.device("meta"):
         model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     described = model.describe()
     return dataclasses.replace(described, summary=f"{described.summary} (CTranslate2)",
                                attention_layers=min(described.attention_layers, 1),
-                               attention_heads=min(described.attention_heads, 1))
+                               attention_heads=min(described.attention_heads, 1), self_attention_heads=0)
 
 
 def choose_export(model_dir: Path, compute_type: str) -> Path:
@@ -114,11 +114,13 @@ def load_backend(backend: str, model_dir, device: str = "auto", mixed_precision:
 class CTranslate2Translator(Translator):
     """A `Translator` whose searches run in CTranslate2 (the module docstring says how each option maps)."""
 
+    backend = "ctranslate2"
+
     def __init__(self, engine, export_dir: Path, export_info: dict, tokenizer: Tokenizer, config,
                  description: ModelDescription, compute_type: str) -> None:
         self.engine = engine  # ctranslate2.Translator
         self.export_dir, self.export_info, self.compute_type = export_dir, export_info, compute_type
-        self.model = None  # no torch model: `describe`, `device` and `translate` answer without one
+        self.model = None  # no torch model: `describe`, `device` and `translate` answer without one (nor traces)
         self.tokenizer, self.config, self.mixed_precision, self.quantization = tokenizer, config, "none", "none"
         self._description = description
         pieces = tokenizer.target_pieces(list(range(tokenizer.tgt_vocab_size)))

@@ -558,7 +558,8 @@ def command_serve(args) -> None:
         max_source_tokens=args.max_source_tokens, max_request_work=args.max_request_work,
         max_attention_values=args.max_attention_values, request_timeout_s=args.request_timeout_s,
         allowed_hosts=args.allowed_host, api_key=args.api_key, rate_limit=args.rate_limit)
-    serve(args.model_dir, host=args.host, port=args.port, settings=settings, log_level=args.log_level,
+    model_dirs = args.model_dir[0] if len(args.model_dir) == 1 else args.model_dir  # one: served as before
+    serve(model_dirs, host=args.host, port=args.port, settings=settings, log_level=args.log_level,
           device=args.device, mixed_precision=args.mixed_precision, quantization=args.quantization,
           **_backend_options(args))
 
@@ -750,7 +751,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve a model over HTTP: a JSON API with request batching, and a page "
                                               "that draws the attention")
-    serve.add_argument("model_dir", help="one model directory (no ensembles)")
+    serve.add_argument("model_dir", nargs="+", help="a model directory; several: each served under its directory's "
+                                                     "name, requests choose one (\"model\"), the first the default "
+                                                     "(not an ensemble: see `attnmt translate A B`)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-batch-size", type=int, help="texts translated together in one model call (default 32)")

@@ -9,7 +9,10 @@
 The result is a tree of `Node`s: the root (BOS), then one node per extension looked at, each with its parent, its
 token, log p of that token and Σ log p. A node that was expanded (fed back to the model) carries what the model
 computed from it: attention [L, H, S], the top-k candidates, and for models whose attention is an
-`attnmt.attention.Attention` (the RNN family) the energies e = f(q, K) before the normalizer.
+`attnmt.attention.Attention` (the RNN family) the energies e = f(q, K) before the normalizer. For a model with
+self-attention (the contract's optional `self_attention`: a Transformer), the trace also keeps the self-attention of
+the best hypothesis, teacher forced over what the decoder read: the encoder's [Le, H, S, S], the decoder's
+[Ld, H, T, T].
 
 The loops below are search's (`attnmt.search`: the same rules, the same tensor operations, one sentence), kept out of
 search's hot loop; `trace(...).best` gives the tokens `Translator.translate([text])` gives (tests/test_lab.py checks
@@ -27,6 +30,7 @@ from attnmt import devices
 from attnmt.attention import recorded_energies
 from attnmt.data.batching import pad_sequences
 from attnmt.data.tokenizer import BOS_ID, EOS_ID
+from attnmt.models import self_attention
 from attnmt.search import Controls, _Finished, _is_done, _Rules, length_penalty, max_lengths, select
 
 KEPT, PRUNED, FINISHED, ROOT = "kept", "pruned", "finished", "root"
@@ -64,6 +68,15 @@ class Node:
 
 
 @dataclass
+class PathSelfAttention:
+    """The self-attention behind one hypothesis (`attnmt.models.contract.SelfAttention`, one sentence)."""
+
+    nodes: list[int]  # the nodes whose tokens the decoder read (BOS first): the rows and columns of `decoder`
+    encoder: np.ndarray  # [Le, H, S, S]: source position over source positions
+    decoder: np.ndarray  # [Ld, H, T, T]: what the decoder read, over itself and what came before (causal)
+
+
+@dataclass
 class Trace:
     source_ids: list[int]
     beam_size: int
@@ -72,6 +85,7 @@ class Trace:
     finished: list[int] = field(default_factory=list)  # node ids, best first by normalized score
     normalizer: str | None = None  # the model's (when energies were recorded)
     temperature: float | None = None
+    self_attention: PathSelfAttention | None = None  # the best hypothesis's (a model with self-attention)
 
     @property
     def best(self) -> list[int]:
@@ -225,6 +239,19 @@ def _beam(model, src, src_mask, k: int, alpha: float, ratio: float, controls: Co
     trace.finished.sort(key=lambda i: trace.nodes[i].normalized_score, reverse=True)
 
 
+@torch.inference_mode()
+def _best_self_attention(model, src: torch.Tensor, src_mask: torch.Tensor, traced: Trace
+                         ) -> PathSelfAttention | None:
+    """The best hypothesis's self-attention, teacher forced over the tokens the decoder read (its path without the
+    last node: BOS and the tokens before EOS); None for a model without self-attention."""
+    read = traced.best[:-1] or [0]
+    tgt_in = torch.tensor([[traced.nodes[i].token for i in read]], dtype=torch.long, device=src.device)  # [1, T]
+    weights = self_attention(model, src, src_mask, tgt_in)
+    if weights is None:
+        return None
+    return PathSelfAttention(read, weights.encoder[0].float().cpu().numpy(), weights.decoder[0].float().cpu().numpy())
+
+
 def trace(translator, text: str, beam_size: int = 1, length_penalty_alpha: float = 1.0, prefix: str = "",
           min_length: int = 0, no_repeat_ngram_size: int = 0, candidates: int = 5,
           max_length_ratio: float | None = None) -> Trace:
@@ -251,6 +278,7 @@ def trace(translator, text: str, beam_size: int = 1, length_penalty_alpha: float
                 _greedy(model, src, src_mask, ratio, controls, recorder)
             else:
                 _beam(model, src, src_mask, beam_size, length_penalty_alpha, ratio, controls, recorder)
+            result.self_attention = _best_self_attention(model, src, src_mask, result)
     finally:
         model.train(was_training)
     return result

@@ -171,6 +171,8 @@ def perplexity(scores: Sequence[ReferenceScore]) -> float:
 class Translator:
     """A model with its tokenizer and config; translates on the device the model's parameters are on."""
 
+    backend = "torch"  # what decodes: PyTorch, with `model`, or another engine (`attnmt.backends`; `model` None)
+
     def __init__(self, model: Seq2SeqModel, tokenizer: Tokenizer, config: Config, mixed_precision: str = "none"
                  ) -> None:
         self.model = model

@@ -213,3 +213,34 @@ def test_serve_with_ctranslate2(exported, transformer_model, monkeypatch, capsys
     monkeypatch.setattr(attnmt.serve, "serve", lambda model_dir, **options: seen.update(options))
     assert run(capsys, "serve", exported, "--backend", "ctranslate2", "--compute-type", "int8")[0] == 0
     assert seen["backend"] == "ctranslate2" and seen["compute_type"] == "int8"
+
+
+def test_trace_refuses_a_ctranslate2_model_with_501(exported, transformer_model):
+    """The lab traces a PyTorch model step by step; a model served by CTranslate2 has none: 501 naming the backend
+    (documented in the schema), alone or beside a PyTorch model, while /translate goes on."""
+    import warnings
+
+    from attnmt.serve import ServeSettings, create_app
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    ct2 = Translator.load(exported, device="cpu", backend="ctranslate2")
+    text = sources(transformer_model, 1)[0]
+    with TestClient(create_app(ct2, ServeSettings(max_wait_ms=1), [])) as client:
+        answer = client.post("/trace", json={"text": text})
+        assert answer.status_code == 501, answer.text
+        error = answer.json()["error"]
+        assert error.startswith("backend:") and "ctranslate2 backend" in error and "--backend" in error
+        assert client.post("/trace", json={"text": text, "beam_size": 99}).status_code == 422  # the body first
+        responses = client.get("/openapi.json").json()["paths"]["/trace"]["post"]["responses"]
+        assert "CTranslate2" in responses["501"]["description"]
+        assert client.post("/translate", json={"text": text}).status_code == 200
+    torch_model = Translator.load(exported, device="cpu")
+    with TestClient(create_app({"torch": torch_model, "ct2": ct2}, ServeSettings(max_wait_ms=1))) as client:
+        answer = client.post("/trace", json={"text": text, "model": "ct2"})
+        assert answer.status_code == 501 and answer.json()["error"].startswith("model: 'ct2' is served by the "
+                                                                               "ctranslate2 backend")
+        traced = client.post("/trace", json={"text": text, "model": "torch"})
+        assert traced.status_code == 200 and traced.json()["self_attention"] is not None
+        info = client.get("/info").json()["models"]
+        assert [m["model"]["self_attention_heads"] for m in info] == [TINY_TRANSFORMER["heads"], 0]

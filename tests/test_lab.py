@@ -1,6 +1,8 @@
 """The attention lab (issue 18): `attnmt.trace` (decode one sentence, keep every step), `POST /trace`, and the page at
 /lab in headless Chromium: stepping through greedy and beam search, forcing a prefix from a clicked candidate, the
-energies before the normalizer, downloads. Each runs for the families it is about (`family_model`, conftest.py).
+energies before the normalizer, a Transformer's self-attention, downloads, the API key, and a server of several
+models compared side by side (the RNN and `ensemble_partner`, a Transformer). Each runs for the families it is about
+(`family_model`, conftest.py).
 
 The 50 ms figure of the issue (a step or a hover redraws within 50 ms for a 30-token sentence) is measured in the
 browser and printed, never asserted (a shared CI machine times nothing reliably).
@@ -8,8 +10,12 @@ browser and printed, never asserted (a shared CI machine times nothing reliably)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -18,7 +24,9 @@ import torch
 
 from attnmt.attention import NORMALIZERS, compare_normalizers
 from attnmt.data.tokenizer import EOS_ID
-from attnmt.serve import ServeSettings, create_app
+from attnmt.search import max_output_lengths
+from attnmt.serve import ServeSettings, create_app, model_names
+from attnmt.serve.lab import self_attention_numbers, trace_numbers_per_node
 from attnmt.trace import FINISHED, KEPT, PRUNED, ROOT, trace
 
 with warnings.catch_warnings():
@@ -112,6 +120,36 @@ def test_a_transformer_traces_every_head_and_records_no_energies(family_model):
     assert expansion.energies is None and traced.normalizer is None
 
 
+def test_a_transformer_traces_its_self_attention_and_an_rnn_has_none(transformer_model, reversal_model):
+    translator = transformer_model.translator()
+    layout = translator.describe()
+    assert layout.self_attention_heads == layout.attention_heads == 4
+    traced = trace(translator, sources(transformer_model)[0], beam_size=2)
+    weights = traced.self_attention
+    read = traced.best[:-1]  # what the decoder read: BOS and the tokens before EOS
+    assert weights.nodes == read
+    source, target = len(traced.source_ids), len(read)
+    assert weights.encoder.shape == (layout.encoder_layers, 4, source, source)
+    assert weights.decoder.shape == (layout.decoder_layers, 4, target, target)
+    np.testing.assert_allclose(weights.encoder.sum(-1), 1.0, atol=1e-5)  # each row a distribution
+    np.testing.assert_allclose(weights.decoder.sum(-1), 1.0, atol=1e-5)
+    assert (weights.encoder > 0).all()  # no padding in one sentence: every source position is read
+    future = np.triu(np.ones((target, target), dtype=bool), k=1)
+    assert (weights.decoder[..., future] == 0).all() and (weights.decoder[..., ~future] > 0).all()  # causal
+    # teacher forcing reads what the steps read: its last decoder position's output is the last step's log p
+    model = translator.model
+    src = torch.tensor([traced.source_ids])
+    tgt_in = torch.tensor([[traced.nodes[i].token for i in read]])
+    with torch.inference_mode():
+        logits, _ = model(src, torch.ones_like(src, dtype=torch.bool), tgt_in)
+    last = traced.nodes[traced.best[-1]]
+    assert float(torch.log_softmax(logits[0, -1].double(), -1)[last.token]) == pytest.approx(last.log_prob, abs=1e-4)
+
+    rnn = reversal_model.translator()
+    assert rnn.describe().self_attention_heads == 0
+    assert trace(rnn, sources(reversal_model)[0]).self_attention is None
+
+
 # ---- POST /trace ----------------------------------------------------------------------------------------------------
 
 def test_post_trace_returns_the_tree_the_page_draws(family_model):
@@ -166,6 +204,125 @@ def test_trace_requests_are_checked_and_bounded(reversal_translator):
     with TestClient(create_app(reversal_translator, small)) as client:
         answer = client.post("/trace", json={"text": "a b c d e", "beam_size": 4})
         assert answer.status_code == 413 and "max_attention_values" in answer.json()["error"]
+
+
+def test_post_trace_returns_a_transformer_s_self_attention_within_the_budget(transformer_model):
+    translator = transformer_model.translator()
+    layout = translator.describe()
+    text = sources(transformer_model)[1]
+    expected = trace(translator, text, beam_size=1)
+    with TestClient(create_app(translator, ServeSettings())) as client:
+        body = client.post("/trace", json={"text": text, "beam_size": 1}).json()
+    weights = body["self_attention"]
+    assert weights["decoder_nodes"] == expected.self_attention.nodes
+    assert weights["decoder_tokens"][0] == "<s>" and \
+        weights["decoder_tokens"][1:] == [body["nodes"][i]["token"] for i in body["best"][1:-1]]
+    np.testing.assert_allclose(weights["encoder"], expected.self_attention.encoder, atol=1e-4)
+    np.testing.assert_allclose(weights["decoder"], expected.self_attention.decoder, atol=1e-4)
+    np.testing.assert_allclose(weights["encoder_layer_means"], expected.self_attention.encoder.mean(axis=1),
+                               atol=1e-4)
+    np.testing.assert_allclose(weights["decoder_layer_means"], expected.self_attention.decoder.mean(axis=1),
+                               atol=1e-4)
+    # The budget counts the self-attention: a limit that the rest fits in but not it gets 413.
+    length = len(expected.source_ids)
+    outputs = int(max_output_lengths(torch.tensor([length]), translator.search_settings().max_length_ratio, 0)[0])
+    rest = (outputs + 1) * trace_numbers_per_node(layout, length, 5)
+    extra = self_attention_numbers(layout, length, outputs + 1)
+    assert extra >= (layout.self_attention_heads + 1) * layout.encoder_layers * length ** 2 > 0
+    with TestClient(create_app(translator, ServeSettings(max_attention_values=rest + extra // 2))) as client:
+        answer = client.post("/trace", json={"text": text, "beam_size": 1})
+        assert answer.status_code == 413 and "max_attention_values" in answer.json()["error"], answer.text
+    with TestClient(create_app(translator, ServeSettings(max_attention_values=rest + extra))) as client:
+        assert client.post("/trace", json={"text": text, "beam_size": 1}).status_code == 200
+
+
+def test_a_server_of_several_models_answers_with_the_one_asked_for(reversal_model, ensemble_partner):
+    rnn, partner = reversal_model.translator(), ensemble_partner.translator()
+    texts = sources(reversal_model, 3)
+    app = create_app({"rnn": rnn, "partner": partner}, ServeSettings(), {"rnn": ["a b c"], "partner": ["d e"]})
+    with TestClient(app) as client:
+        info = client.get("/info").json()
+        assert [m["name"] for m in info["models"]] == ["rnn", "partner"]
+        assert [m["model"]["family"] for m in info["models"]] == ["rnn", "transformer"]
+        assert [m["examples"] for m in info["models"]] == [["a b c"], ["d e"]]
+        assert info["model"] == info["models"][0]["model"] and info["examples"] == ["a b c"]  # the default's
+        for name, translator in (("rnn", rnn), ("partner", partner)):
+            reply = client.post("/translate", json={"texts": texts, "model": name, "beam_size": 2,
+                                                    "return_attention": True})
+            assert reply.status_code == 200, reply.text
+            for out, expected in zip(reply.json()["translations"], translator.translate(texts, beam_size=2)):
+                assert out["text"] == expected.text
+                np.testing.assert_allclose(out["attention"], expected.attention, atol=1e-4)
+            traced = client.post("/trace", json={"text": texts[0], "model": name}).json()
+            assert traced["model"] == name
+            assert (traced["self_attention"] is None) == (name == "rnn")
+            assert (traced["attention_layers"], traced["attention_heads"]) == \
+                (translator.describe().attention_layers, translator.describe().attention_heads)
+        # no `model`: the first
+        default = client.post("/translate", json={"text": texts[1]}).json()["translations"][0]["text"]
+        assert default == rnn.translate([texts[1]])[0].text
+        assert client.post("/trace", json={"text": texts[1]}).json()["model"] == "rnn"
+        for path in ("/translate", "/trace"):
+            answer = client.post(path, json={"text": "a", "model": "gru"})
+            assert answer.status_code == 422 and answer.json()["error"].startswith("model:"), answer.text
+            assert "'rnn' or 'partner'" in answer.json()["error"]
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and set(health["batching"]) == {"rnn", "partner"}
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+        for request in ("TranslateRequest", "TraceRequest"):
+            assert schema[request]["properties"]["model"]["enum"] == ["rnn", "partner"]
+    # one model: no `model` field, as before
+    with TestClient(create_app(rnn, ServeSettings())) as client:
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+        assert "model" not in schema["TranslateRequest"]["properties"]
+        assert "model" not in schema["TraceRequest"]["properties"]
+        assert client.post("/translate", json={"text": "a", "model": "rnn"}).status_code == 422
+        assert [m["name"] for m in client.get("/info").json()["models"]] == [rnn.config.name]
+
+
+def test_a_server_of_several_models_has_an_exact_schema(reversal_model, ensemble_partner, tmp_path):
+    """schemathesis on a server whose models have different search defaults: the schema's per-model rules."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    other = tmp_path / "partner"
+    shutil.copytree(ensemble_partner.model_dir, other, ignore=shutil.ignore_patterns("train_state"))
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["search"]["beam_size"] = 1  # a default n_best 1 needs no beam; this model's default beam is greedy
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    from attnmt.translator import Translator
+    partner = Translator.load(other, device="cpu", check_manifest=False)
+    app = create_app({"rnn": reversal_model.translator(), "partner": partner}, ServeSettings(max_beam_size=4,
+                                                                                            max_n_best=3))
+    with TestClient(app) as client:
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["TranslateRequest"]
+        conditions = [rule["if"] for rule in schema["allOf"]]
+        assert {"properties": {"model": {"const": "partner"}}, "required": ["model"]} in conditions
+        # n_best 2 with the default beam: the rnn's (5) allows it, the partner's (1) does not
+        assert client.post("/translate", json={"text": "a b", "n_best": 2}).status_code == 200
+        answer = client.post("/translate", json={"text": "a b", "n_best": 2, "model": "partner"})
+        assert answer.status_code == 422 and "n_best" in answer.json()["error"]
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "reliability"))
+    from server_schema import check_app
+
+    result = check_app(app, examples=8)
+    assert result["failures"] == [], result["failures"]
+
+
+def test_model_names_are_the_directories_numbered_where_they_repeat(tmp_path, monkeypatch):
+    assert model_names([tmp_path / "a" / "model", tmp_path / "b" / "model", tmp_path / "rnn", tmp_path / "c" /
+                        "model"]) == ["model", "model-2", "rnn", "model-3"]
+    # `attnmt serve A B` hands serve() both directories; `attnmt serve A` one, as before
+    import attnmt.serve
+    from attnmt import cli
+
+    seen = []
+    monkeypatch.setattr(attnmt.serve, "serve", lambda model_dir, **options: seen.append(model_dir))
+    assert cli.main(["serve", "runs/a", "runs/b"]) == 0 and cli.main(["serve", "runs/a"]) == 0
+    assert seen == [["runs/a", "runs/b"], "runs/a"]
 
 
 def test_the_api_key_guards_trace_too(reversal_translator):
@@ -388,3 +545,140 @@ def test_download_compare_and_permalink(lab, family_model):
     lab.wait_for_selector("#lab-status:has-text('Decoded in')")
     assert lab.input_value("#lab-source") == text and lab.input_value("#lab-beam") == "2"
     assert step_label(lab).startswith("Step 2 of")
+
+
+@pytest.mark.parametrize("family_model", ["transformer"], indirect=True)
+def test_a_transformer_s_self_attention_every_layer_and_head(lab, family_model):
+    translator = family_model.translator()
+    layout = translator.describe()
+    text = next(t for t in sources(family_model, 20) if len(trace(translator, t).best) >= 4)
+    expected = trace(translator, text, beam_size=1).self_attention
+    decode_in_lab(lab, text)
+    assert lab.is_visible("#self-attention-section")
+    layers, heads = layout.encoder_layers, layout.self_attention_heads
+
+    def shown(side: str) -> np.ndarray:
+        rows, cols = int(lab.get_attribute(f"#self-{side}", "data-rows")), int(lab.get_attribute(f"#self-{side}",
+                                                                                                 "data-cols"))
+        return np.array(shown_row(lab, f"#self-{side}")).reshape(rows, cols)
+
+    # The default view: the last layer's mean over its heads, for the encoder (source × source) and the decoder.
+    np.testing.assert_allclose(shown("encoder"), expected.encoder[-1].mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(shown("decoder"), expected.decoder[-1].mean(axis=0), atol=1e-4)
+    assert lab.input_value("#self-encoder-layer") == str(layers) and lab.input_value("#self-encoder-head") == "mean"
+    # One head at a time, chosen with the selects.
+    lab.select_option("#self-encoder-layer", "1")
+    lab.select_option("#self-encoder-head", "2")
+    np.testing.assert_allclose(shown("encoder"), expected.encoder[0, 1], atol=1e-4)
+    # The grid: a small map per layer and head and each layer's mean; a click (or Enter) shows it large.
+    assert lab.locator("#self-decoder-grid g.thumb").count() == layout.decoder_layers * (heads + 1)
+    assert lab.get_attribute("#self-encoder-grid g.thumb.selected", "aria-label") == "layer 1, head 2"
+    lab.click('#self-decoder-grid g.thumb[data-layer="1"][data-head="3"]')
+    np.testing.assert_allclose(shown("decoder"), expected.decoder[0, 2], atol=1e-4)
+    assert (lab.input_value("#self-decoder-layer"), lab.input_value("#self-decoder-head")) == ("1", "3")
+    lab.focus('#self-decoder-grid g.thumb[data-layer="2"][data-head="mean"]')
+    lab.keyboard.press("Enter")
+    np.testing.assert_allclose(shown("decoder"), expected.decoder[1].mean(axis=0), atol=1e-4)
+    labels = lab.eval_on_selector_all("#self-decoder text.tgt-label", "ts => ts.map(t => t.textContent)")
+    assert labels[0] == "<s>" and len(labels) == len(expected.nodes)
+    screenshot(lab, "self_attention")
+
+
+# ---- a server with an API key, a server of several models: the page in Chromium -------------------------------------
+
+@contextlib.contextmanager
+def serving(app):
+    """`app` under uvicorn on 127.0.0.1 and a free port, in a thread; yields its URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@contextlib.contextmanager
+def lab_at(browser, url: str):
+    """The lab page of the server at `url`, once /info has loaded; page errors and console errors fail the test
+    (a 4xx the test asks for excepted: Chromium logs it as a failed resource)."""
+    context = browser.new_context(viewport={"width": 1200, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+            if m.type in ("error", "warning") and "the server responded with a status of 4" not in m.text else None)
+    try:
+        page.goto(url + "/lab")
+        page.wait_for_selector("#model-info:has-text('→')")
+        yield page
+    finally:
+        context.close()
+    assert not problems, problems
+
+
+def test_the_lab_sends_the_api_key_typed_in(browser, reversal_translator):
+    key = "a-key-long-enough-for-the-server"
+    with serving(create_app(reversal_translator, ServeSettings(api_key=key))) as url, lab_at(browser, url) as page:
+        assert page.is_visible("#lab-api-key")
+        decode_in_lab(page, "a b c")
+        assert "Authorization: this server needs an API key" in page.inner_text("#lab-status")
+        page.fill("#lab-api-key", key)
+        decode_in_lab(page, "a b c")
+        assert page.inner_text("#lab-status").startswith("Decoded in")
+        assert page.inner_text("#lab-translation") == reversal_translator.translate(["a b c"], beam_size=1)[0].text
+        page.evaluate("(() => { document.getElementById('lab-status').textContent = ''; })()")
+        page.click("#lab-compare")  # /translate too
+        page.wait_for_selector("#lab-status:has-text('Compared')")
+    with serving(create_app(reversal_translator, ServeSettings())) as url, lab_at(browser, url) as page:
+        assert page.is_hidden("#lab-api-key-option")  # no key, no field
+
+
+def test_compare_models_side_by_side(browser, reversal_model, ensemble_partner):
+    rnn, partner = reversal_model.translator(), ensemble_partner.translator()
+    text = next(t for t in sources(reversal_model, 20) if len(t.split()) >= 5)
+    app = create_app({"rnn": rnn, "transformer": partner}, ServeSettings())
+    with serving(app) as url, lab_at(browser, url) as page:
+        assert page.is_visible("#lab-model") and page.is_visible("#lab-compare-models")
+        options = page.eval_on_selector_all("#lab-model option", "os => os.map(o => o.value)")
+        assert options == ["rnn", "transformer"]
+        page.fill("#lab-source", text)
+        page.fill("#lab-beam", "2")
+        page.click("#lab-compare-models")
+        page.wait_for_selector("#lab-status:has-text('Compared 2 models')")
+        columns = page.locator("#models-compare .model-column")
+        assert [columns.nth(i).get_attribute("data-model") for i in range(2)] == ["rnn", "transformer"]
+        for i, translator in enumerate((rnn, partner)):
+            expected = translator.translate([text], beam_size=2)[0]
+            column = columns.nth(i)
+            assert column.locator(".translation").inner_text() == (expected.text or "(empty translation)")
+            assert translator.describe().summary in column.inner_text()
+            heatmap = column.locator("svg")
+            assert (int(heatmap.get_attribute("data-rows")), int(heatmap.get_attribute("data-cols"))) == \
+                expected.attention.shape  # the target tokens with </s> × the source tokens
+            weights = heatmap.locator("rect.cell").evaluate_all("cs => cs.map(c => Number(c.dataset.weight))")
+            np.testing.assert_allclose(np.array(weights).reshape(expected.attention.shape), expected.attention,
+                                       atol=1e-4)
+        screenshot(page, "compare_models")
+
+        # The model chosen decodes step by step: the Transformer shows its heads and its self-attention.
+        page.select_option("#lab-model", "transformer")
+        assert "Transformer" in page.inner_text("#model-info")
+        decode_in_lab(page, text)
+        assert page.inner_text("#lab-translation") == partner.translate([text], beam_size=1)[0].text
+        assert page.is_visible("#heads-section") and page.is_visible("#self-attention-section")
+        assert "model=transformer" in page.get_attribute("#permalink", "href")
+        page.select_option("#lab-model", "rnn")
+        decode_in_lab(page, text)
+        assert page.is_visible("#energies-section") and page.is_hidden("#self-attention-section")

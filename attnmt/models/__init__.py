@@ -4,12 +4,13 @@ of `contract.py` (`Seq2SeqModel`), through which everything else uses them witho
 from __future__ import annotations
 
 from attnmt.config import RNNConfig, TransformerConfig
-from attnmt.models.contract import ModelDescription, Seq2SeqModel, State, log_probabilities
+from attnmt.models.contract import (ModelDescription, Seq2SeqModel, SelfAttention, State, log_probabilities,
+                                    self_attention)
 from attnmt.models.rnn import RNNSeq2Seq
 from attnmt.models.transformer import TransformerSeq2Seq
 
-__all__ = ["FAMILIES", "ModelDescription", "RNNSeq2Seq", "Seq2SeqModel", "State", "TransformerSeq2Seq",
-           "build_model", "log_probabilities"]
+__all__ = ["FAMILIES", "ModelDescription", "RNNSeq2Seq", "SelfAttention", "Seq2SeqModel", "State",
+           "TransformerSeq2Seq", "build_model", "log_probabilities", "self_attention"]
 
 FAMILIES = {"rnn": RNNSeq2Seq, "transformer": TransformerSeq2Seq}  # `model.type` → the model class
 

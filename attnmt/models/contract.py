@@ -10,6 +10,12 @@ Every sequence-to-sequence model implements `Seq2SeqModel` with the same signatu
         -> (logits [B, T, V], attention [B, T, L, H, S] or None)      teacher forcing
     describe() -> ModelDescription                               what the model is, in family-neutral terms
 
+and may offer (`self_attention` below asks it, None where a model does not):
+
+    self_attention(src, src_mask, tgt_in [B, T]) -> SelfAttention or None
+        teacher forcing, keeping the weights of every self-attention layer and head: the encoder's [B, Le, H, S, S]
+        and the (causal) decoder's [B, Ld, H, T, T]; None for a model without self-attention (an RNN)
+
 Attention always has the same layout: L attention layers × H heads per layer, the source positions last. An RNN
 has one layer of one head (L = H = 1); a Transformer returns the cross-attention of each of its L decoder layers
 and H heads. A model without attention returns None (and describes itself with L = H = 0), and so does every model
@@ -48,6 +54,10 @@ class ModelDescription:
     parameters: int
     settings: Annotated[dict[str, Any], Field(description="the model section of the config, as validated")] = \
         field(default_factory=dict)
+    self_attention_heads: Annotated[int, Field(description="H of the encoder's and the decoder's self-attention (a "
+                                                           "Transformer: its heads, in encoder_layers and "
+                                                           "decoder_layers layers); 0 without self-attention (an "
+                                                           "RNN)")] = 0
 
     @property
     def has_attention(self) -> bool:
@@ -69,6 +79,23 @@ class Seq2SeqModel(Protocol):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
     def describe(self) -> ModelDescription: ...
+
+
+@dataclass(frozen=True)
+class SelfAttention:
+    """Every self-attention weight of one teacher-forced pass: row i of a head is query position i's distribution
+    over the key positions (masked ones 0)."""
+
+    encoder: torch.Tensor  # [B, Le, H, S, S]: source position over source positions
+    decoder: torch.Tensor  # [B, Ld, H, T, T]: target input position over itself and the ones before (causal)
+
+
+def self_attention(model: Seq2SeqModel, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor
+                   ) -> SelfAttention | None:
+    """The model's self-attention weights with teacher forcing over tgt_in [B, T] (`self_attention` of the
+    contract), or None: a model without self-attention (an RNN), or one that does not offer them."""
+    method = getattr(model, "self_attention", None)
+    return None if method is None else method(src, src_mask, tgt_in)
 
 
 def log_probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -138,6 +138,10 @@ class Ensemble(nn.Module):
         log_probs = mixture_log_probs([log_probabilities(logits) for logits, _ in outputs])  # [B, T, V]
         return log_probs, mean_attention([weights for _, weights in outputs])
 
+    def self_attention(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> None:
+        """None: the members' self-attentions are theirs alone (the contract's optional `self_attention`)."""
+        return None
+
     def describe(self) -> ModelDescription:
         """The members' descriptions combined: their summaries joined by " + ", parameters summed, the largest
         member's layers and size, one attention layer of one head (none if no member attends)."""

@@ -283,6 +283,11 @@ class RNNSeq2Seq(nn.Module):
             names.add("decoder.combine.projection")
         return names
 
+    def self_attention(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> None:
+        """None: an RNN has no self-attention (its recurrence carries what came before; the contract's optional
+        `self_attention`)."""
+        return None
+
     def describe(self) -> ModelDescription:
         c = self.config
         cell, encoder = c.cell.upper(), c.encoder_hidden_size or c.hidden_size

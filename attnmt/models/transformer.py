@@ -45,7 +45,7 @@ from torch import nn
 from attnmt.config import TransformerConfig
 from attnmt.data.tokenizer import PAD_ID
 from attnmt.errors import ConfigError
-from attnmt.models.contract import ModelDescription, State, count_parameters, log_probabilities
+from attnmt.models.contract import ModelDescription, SelfAttention, State, count_parameters, log_probabilities
 from attnmt.models.multihead import MultiHeadAttention
 
 
@@ -119,12 +119,14 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(d, config.feed_forward_size, config.dropout)
         self.feed_forward_sublayer = Sublayer(d, config.norm, config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [B, S, D], mask [B, S] (True = real token) → [B, S, D]. Padding positions are never read."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x [B, S, D], mask [B, S] (True = real token) → [B, S, D], and the self-attention weights [B, H, S, S]
+        (None unless `need_weights`). Padding positions are never read."""
         h = self.attention_sublayer.input(x)
-        attended, _ = self.self_attention(h, key_mask=mask)  # MultiHead(h, h) [B, S, D]
+        attended, weights = self.self_attention(h, key_mask=mask, need_weights=need_weights)  # MultiHead(h, h)
         x = self.attention_sublayer.output(x, attended)
-        return self.feed_forward_sublayer.output(x, self.feed_forward(self.feed_forward_sublayer.input(x)))
+        return self.feed_forward_sublayer.output(x, self.feed_forward(self.feed_forward_sublayer.input(x))), weights
 
 
 class DecoderLayer(nn.Module):
@@ -143,19 +145,22 @@ class DecoderLayer(nn.Module):
         self.feed_forward_sublayer = Sublayer(d, config.norm, config.dropout)
 
     def forward(self, y: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor],
-                cross: tuple[torch.Tensor, torch.Tensor], src_mask: torch.Tensor, need_weights: bool
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+                cross: tuple[torch.Tensor, torch.Tensor], src_mask: torch.Tensor, need_weights: bool,
+                need_self_weights: bool = False
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
         """The new positions y [B, T, D] given the cached keys/values of the earlier ones, past ([B, H, P, d_k] × 2),
         and the encoder's projected keys/values, cross ([B, H, S, d_k] × 2).
 
-        Returns y [B, T, D], the cache grown by T positions ([B, H, P + T, d_k] × 2), and the cross-attention
-        weights [B, H, T, S] (None unless `need_weights`).
+        Returns y [B, T, D], the cache grown by T positions ([B, H, P + T, d_k] × 2), the cross-attention
+        weights [B, H, T, S] (None unless `need_weights`) and the self-attention weights [B, H, T, P + T] (None
+        unless `need_self_weights`).
         """
         # causal self-attention: position P + i reads the cache and the new positions up to itself
         h = self.self_attention_sublayer.input(y)
         k, v = self.self_attention.keys_values(h)  # K = h W_k, V = h W_v of the new positions [B, H, T, d_k]
         k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [B, H, P + T, d_k]
-        attended, _ = self.self_attention.attend(self.self_attention.queries(h), k, v, causal=y.size(1) > 1)
+        attended, self_weights = self.self_attention.attend(self.self_attention.queries(h), k, v,
+                                                            causal=y.size(1) > 1, need_weights=need_self_weights)
         y = self.self_attention_sublayer.output(y, attended)
 
         # cross-attention: queries from the decoder, keys and values of the encoder output (projected in `encode`)
@@ -165,7 +170,7 @@ class DecoderLayer(nn.Module):
         y = self.cross_attention_sublayer.output(y, attended)
 
         y = self.feed_forward_sublayer.output(y, self.feed_forward(self.feed_forward_sublayer.input(y)))
-        return y, (k, v), weights
+        return y, (k, v), weights, self_weights
 
 
 class TransformerSeq2Seq(nn.Module):
@@ -218,45 +223,57 @@ class TransformerSeq2Seq(nn.Module):
         """x_i = E[y_i] · √d_model + PE(i), then dropout. ids, at [B, T] → [B, T, D]."""
         return self.dropout(table(ids) * math.sqrt(self.config.hidden_size) + positions(at))
 
-    def _decode(self, tgt: torch.Tensor, state: State, memory: State, need_weights: bool
-                ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+    def _decode(self, tgt: torch.Tensor, state: State, memory: State, need_weights: bool,
+                need_self_weights: bool = False
+                ) -> tuple[torch.Tensor, State, torch.Tensor | None, torch.Tensor | None]:
         """Run the decoder over the new target positions tgt [B, T], after the ones cached in `state`.
 
-        Returns the top states h [B, T, D], the state with T more positions, and the cross-attention weights of every
-        layer and head [B, T, L, H, S] (None unless `need_weights`). Teacher forcing calls it once with all
-        positions and empty caches, search once per step with one position.
+        Returns the top states h [B, T, D], the state with T more positions, the cross-attention weights of every
+        layer and head [B, T, L, H, S] (None unless `need_weights`), and the self-attention weights [B, L, H, T,
+        P + T] (None unless `need_self_weights`). Teacher forcing calls it once with all positions and empty caches,
+        search once per step with one position.
         """
         position = state["position"]  # [B]
         at = position.unsqueeze(1) + torch.arange(tgt.size(1), device=tgt.device)  # target positions [B, T]
         y = self._embed(self.target_embedding, self.target_positions, tgt, at)  # [B, T, D]
         new_state = {"position": position + tgt.size(1)}
-        layer_weights = []
+        layer_weights, layer_self_weights = [], []
         for l, layer in enumerate(self.decoder_layers):
             past = (state[f"self_keys_{l}"], state[f"self_values_{l}"])  # [B, H, P, d_k] × 2
             cross = (memory[f"cross_keys_{l}"], memory[f"cross_values_{l}"])  # [B, H, S, d_k] × 2
-            y, (k, v), weights = layer(y, past, cross, memory["mask"], need_weights)
+            y, (k, v), weights, self_weights = layer(y, past, cross, memory["mask"], need_weights, need_self_weights)
             new_state[f"self_keys_{l}"], new_state[f"self_values_{l}"] = k, v  # [B, H, P + T, d_k]
             layer_weights.append(weights)
+            layer_self_weights.append(self_weights)
         attention = None
         if need_weights:
             attention = torch.stack(layer_weights, dim=1).permute(0, 3, 1, 2, 4)  # [B, L, H, T, S] → [B, T, L, H, S]
-        return self.decoder_norm(y), new_state, attention
+        self_attention = torch.stack(layer_self_weights, dim=1) if need_self_weights else None  # [B, L, H, T, P + T]
+        return self.decoder_norm(y), new_state, attention, self_attention
 
     # --- the model interface -------------------------------------------------------------------------------------
 
-    def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> State:
-        """src [B, S], src_mask [B, S] → the memory the decoder reads (see the module docstring)."""
+    def _encode(self, src: torch.Tensor, src_mask: torch.Tensor, need_weights: bool
+                ) -> tuple[State, torch.Tensor | None]:
+        """The memory (`encode`), and the encoder's self-attention weights [B, L, H, S, S] (None unless
+        `need_weights`)."""
         at = torch.arange(src.size(1), device=src.device).expand_as(src)  # source positions [B, S]
         table = self.source_embedding if self.source_embedding is not None else self.target_embedding
         x = self._embed(table, self.source_positions, src, at)  # [B, S, D]
+        layer_weights = []
         for layer in self.encoder_layers:
-            x = layer(x, src_mask)
+            x, weights = layer(x, src_mask, need_weights)
+            layer_weights.append(weights)
         x = self.encoder_norm(x)  # H_enc [B, S, D]
         memory = {"encoder_output": x, "mask": src_mask}
         for l, layer in enumerate(self.decoder_layers):
             # K = H_enc W_k, V = H_enc W_v of each decoder layer's cross-attention: once per sentence
             memory[f"cross_keys_{l}"], memory[f"cross_values_{l}"] = layer.cross_attention.keys_values(x)
-        return memory
+        return memory, torch.stack(layer_weights, dim=1) if need_weights else None  # [B, L, H, S, S]
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> State:
+        """src [B, S], src_mask [B, S] → the memory the decoder reads (see the module docstring)."""
+        return self._encode(src, src_mask, need_weights=False)[0]
 
     def start_state(self, memory: State) -> State:
         """Empty self-attention caches [B, H, 0, d_k] for every decoder layer, and the target position t = 0 [B]."""
@@ -273,7 +290,7 @@ class TransformerSeq2Seq(nn.Module):
         """prev_tokens [B] → log p(y_t | y_<t, x) [B, V], the state one position longer, and the cross-attention
         weights of every layer and head [B, L, H, S] (None unless `need_weights`: then attention may take the fused
         path)."""
-        h, state, attention = self._decode(prev_tokens.unsqueeze(1), state, memory, need_weights)
+        h, state, attention, _ = self._decode(prev_tokens.unsqueeze(1), state, memory, need_weights)
         log_probs = log_probabilities(self.output(h[:, -1]))  # [B, V]
         return log_probs, state, None if attention is None else attention[:, -1]
 
@@ -282,8 +299,17 @@ class TransformerSeq2Seq(nn.Module):
         """Teacher forcing: src [B, S], tgt_in [B, T] → logits [B, T, V], and the cross-attention weights
         [B, T, L, H, S] with `return_attention` (else None, so that attention can take the fused path)."""
         memory = self.encode(src, src_mask)
-        h, _, attention = self._decode(tgt_in, self.start_state(memory), memory, need_weights=return_attention)
+        h, _, attention, _ = self._decode(tgt_in, self.start_state(memory), memory, need_weights=return_attention)
         return self.output(h), attention
+
+    def self_attention(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> SelfAttention:
+        """Teacher forcing over tgt_in [B, T], keeping every self-attention weight: the encoder's [B, Le, H, S, S]
+        (source position i over the source) and the decoder's [B, Ld, H, T, T] (target input position i over
+        positions ≤ i), as search's steps compute them one position at a time."""
+        memory, encoder = self._encode(src, src_mask, need_weights=True)
+        _, _, _, decoder = self._decode(tgt_in, self.start_state(memory), memory, need_weights=False,
+                                        need_self_weights=True)
+        return SelfAttention(encoder=encoder, decoder=decoder)
 
     def int8_modules(self) -> set[str]:
         """What dynamic int8 quantization replaces (`attnmt.quantization`): every Linear layer, i.e. W_q, W_k, W_v,
@@ -299,4 +325,4 @@ class TransformerSeq2Seq(nn.Module):
                                 attention_layers=c.decoder_layers, attention_heads=c.heads,
                                 encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers,
                                 hidden_size=c.hidden_size, parameters=count_parameters(self),
-                                settings=c.model_dump(mode="json"))
+                                settings=c.model_dump(mode="json"), self_attention_heads=c.heads)

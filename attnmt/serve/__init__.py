@@ -3,6 +3,7 @@
     attnmt serve runs/demo --port 8000            # the CLI
     serve("runs/demo", port=8000)                 # the same from Python
     app = create_app(Translator.load("runs/demo"), ServeSettings(max_batch_size=32))   # an ASGI app for tests
+    attnmt serve runs/rnn runs/transformer        # several models: requests choose one by name ("model": "rnn")
 
 Layout: `ServeSettings` (here: limits, batching and access, validated by pydantic), `app.py` (the FastAPI app:
 endpoints, error responses, the guard in front of them: allowed hosts, API key, rate limit, body size and read time;
@@ -23,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,12 +130,25 @@ def default_allowed_hosts(host: str) -> list[str]:
     return list(dict.fromkeys(name.lower() for name in names if name))
 
 
-def create_app(translator: "Translator", settings: ServeSettings | None = None, examples: list[str] | None = None
-               ) -> "FastAPI":
-    """The FastAPI app serving `translator` (see `attnmt.serve.app.create_app`)."""
+def create_app(translator: "Translator | Mapping[str, Translator]", settings: ServeSettings | None = None,
+               examples: "list[str] | Mapping[str, list[str]] | None" = None) -> "FastAPI":
+    """The FastAPI app serving `translator`, or several translators by name (see `attnmt.serve.app.create_app`)."""
     from attnmt.serve.app import create_app as _create_app
 
     return _create_app(translator, settings, examples)
+
+
+def model_names(model_dirs: Sequence[str | Path]) -> list[str]:
+    """The names a server of several models gives them: each directory's name, numbered from 2 where names repeat
+    (runs/a/model, runs/b/model → model, model-2)."""
+    names: list[str] = []
+    for model_dir in model_dirs:
+        base = Path(model_dir).resolve().name or "model"
+        name, number = base, 2
+        while name in names:
+            name, number = f"{base}-{number}", number + 1
+        names.append(name)
+    return names
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -187,13 +202,14 @@ def _http_protocol(header_timeout_s: float) -> type:
     return HeaderTimeoutProtocol
 
 
-def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          log_level: str = "info", device: str = "auto", mixed_precision: str = "none", quantization: str = "none",
-          backend: str = "torch", compute_type: str | None = None) -> None:
+def serve(model_dir: str | Path | Sequence[str | Path], host: str = "127.0.0.1", port: int = 8000,
+          settings: ServeSettings | None = None, log_level: str = "info", device: str = "auto",
+          mixed_precision: str = "none", quantization: str = "none", backend: str = "torch",
+          compute_type: str | None = None) -> None:
     """Load the model directory onto `device` (auto | cpu | cuda | cuda:N), translating in `mixed_precision` (none |
     bf16 | fp16) or `quantization` (none | int8: `Translator.load`), and serve it until interrupted (Ctrl-C). Host
     names not in `settings.allowed_hosts` (default: `default_allowed_hosts(host)`) get 421, a defence against DNS
-    rebinding."""
+    rebinding. Several model directories: each is served under its name (`model_names`), the first the default."""
     import uvicorn
 
     from attnmt import checkpoint
@@ -202,11 +218,20 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sett
     settings = settings or ServeSettings()
     if settings.allowed_hosts is None:
         settings = settings.model_copy(update={"allowed_hosts": default_allowed_hosts(host)})
+    model_dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
     # a CheckpointError (an AttnmtError) for a bad directory, a QuantizationError for int8 where it cannot run
-    translator = Translator.load(model_dir, device, mixed_precision, quantization=quantization, backend=backend,
-                                 compute_type=compute_type)  # backend: attnmt.backends
+    translators = [Translator.load(one, device, mixed_precision, quantization=quantization, backend=backend,
+                                   compute_type=compute_type) for one in model_dirs]  # backend: attnmt.backends
     _check_port_free(host, port)
-    app = create_app(translator, settings, checkpoint.read_examples(model_dir))
+    if len(model_dirs) == 1:
+        app = create_app(translators[0], settings, checkpoint.read_examples(model_dirs[0]))
+        served = f"{model_dirs[0]} on {translators[0].device}"
+    else:
+        names = model_names(model_dirs)
+        app = create_app(dict(zip(names, translators)),
+                         settings, {name: checkpoint.read_examples(one) for name, one in zip(names, model_dirs)})
+        served = ", ".join(f"{name} ({one} on {t.device})" for name, one, t in zip(names, model_dirs, translators))
+        served = f"{len(names)} models: {served}; requests choose one with \"model\", default {names[0]}"
     batching = (f"batches of up to {settings.max_batch_size} texts, {settings.max_wait_ms:g} ms wait"
                 if settings.batching else "no batching")
     shown_host = f"[{host}]" if ":" in host else host
@@ -215,7 +240,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sett
         access.append("POST /translate needs the API key")
     if settings.rate_limit is not None:
         access.append(f"{settings.rate_limit} translation requests/minute per client")
-    print(f"attnmt serve: {model_dir} on {translator.device} at http://{shown_host}:{port}/ ({batching}; "
+    print(f"attnmt serve: {served} at http://{shown_host}:{port}/ ({batching}; "
           f"API docs at /docs, schema at /openapi.json)\n  {'; '.join(access)}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
                 http=_http_protocol(settings.header_timeout_s), timeout_keep_alive=settings.keep_alive_s,

@@ -5,8 +5,12 @@ body that is not JSON, 401 for POST /translate without the API key (when the ser
 within `body_timeout_s`, 413 for a body over `max_body_bytes` or a request over a limit the schema cannot say (a
 text's source subwords, the decoding work, the attention returned), 421 for a Host header the server does not answer
 to, 422 for JSON that does not fit the schema (wrong types, unknown fields, empty lists, limits; the schema at
-/openapi.json says exactly what is accepted), 429 for a client over its rate limit. 503 means the server is busy or
-shutting down, 504 that the translation took longer than `request_timeout_s`; a 500 is a bug in attnmt.
+/openapi.json says exactly what is accepted), 429 for a client over its rate limit, 501 for POST /trace on a model
+served without PyTorch (lab.py). 503 means the server is busy or shutting down, 504 that the translation took longer
+than `request_timeout_s`; a 500 is a bug in attnmt.
+
+A server may serve several models (`create_app({name: translator, ...})`, `attnmt serve A B`): each is a
+`ServedModel` with its own defaults and batcher; requests name one in `model` (the first by default), /info lists them.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations, and the request model is
@@ -19,7 +23,9 @@ import logging
 import math
 import re
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -128,6 +134,17 @@ class HealthResponse(BaseModel):
     batching: dict[str, Any]
 
 
+class ServedModelInfo(BaseModel):
+    name: str = Field(description="what a request sends as `model` to choose this model (a server of several)")
+    model: ModelDescription
+    device: str = Field(description="where the model translates: cpu, cuda:0, ...")
+    examples: list[str] = Field(description="a few source sentences to try (the model directory's examples.txt)")
+    source_language: str
+    target_language: str
+    defaults: dict[str, Any] = Field(description="its search defaults, within the server's limits")
+    max_source_tokens: int = Field(description="source subwords in one text, for this model")
+
+
 class InfoResponse(BaseModel):
     name: str
     model: ModelDescription
@@ -141,6 +158,9 @@ class InfoResponse(BaseModel):
     limits: dict[str, Any]
     batching: dict[str, Any]
     api_key_required: bool = Field(description="POST /translate needs `Authorization: Bearer <key>`")
+    models: list[ServedModelInfo] = Field(description="every model this server serves, the default first (the "
+                                                      "fields above are the default's); with several, requests "
+                                                      "choose one by its name in `model`")
 
 
 ERROR_RESPONSES = {status: {"model": ErrorResponse, "description": description} for status, description in (
@@ -246,17 +266,46 @@ def _search_rules(settings: ServeSettings, defaults: SearchConfig) -> list[dict]
     return [{"if": conditions[value], "then": {"allOf": rules}} for value, rules in by_value.items() if rules]
 
 
-def request_model(settings: ServeSettings, defaults: SearchConfig) -> type[BaseModel]:
+def per_model_rules(models: dict[str, SearchConfig], rules_of) -> list[dict]:
+    """JSON Schema clauses `rules_of(defaults)` for each served model: as they are when every model has the same ones
+    (one model: always), else each model's under `if model is that model` (the first: also when `model` is absent,
+    as a request without it goes to the first)."""
+    by_model = {name: rules_of(defaults) for name, defaults in models.items()}
+    if all(rules == next(iter(by_model.values())) for rules in by_model.values()):
+        return next(iter(by_model.values()))
+    return [{"if": {"properties": {"model": {"const": name}}, **({"required": ["model"]} if i else {})},
+             "then": {"allOf": rules}} for i, (name, rules) in enumerate(by_model.items()) if rules]
+
+
+def per_model_default(models: dict[str, SearchConfig], show) -> str:
+    """A default as a description says it: `show(defaults)` when every served model has the same, else each
+    model's ("5 (rnn), 4 (transformer)")."""
+    shown = {name: show(defaults) for name, defaults in models.items()}
+    if len(set(shown.values())) == 1:
+        return next(iter(shown.values()))
+    return ", ".join(f"{value} ({name})" for name, value in shown.items())
+
+
+def model_choice(models: dict[str, SearchConfig]) -> Any:
+    """The type of a request's `model` field: one of the served models' names."""
+    return Literal[tuple(models)]  # type: ignore[valid-type]
+
+
+def request_model(settings: ServeSettings, defaults: SearchConfig | dict[str, SearchConfig]) -> type[BaseModel]:
     """The body of POST /translate; its limits come from the settings, its search defaults from `defaults` (the
-    model's, within the server's limits), and the search options are checked by `SearchConfig.resolve`, as
-    everywhere. Its JSON schema says exactly what it accepts: one of `text` and `texts` (oneOf), and which beam_size
-    each n_best needs and what sampling allows (`_search_rules`)."""
+    model's, within the server's limits; a server of several models: each model's, by name, the first the default),
+    and the search options are checked by `SearchConfig.resolve`, as everywhere. Its JSON schema says exactly what it
+    accepts: one of `text` and `texts` (oneOf), and which beam_size each n_best needs and what sampling allows
+    (`_search_rules`, per model). With several models it has a `model` field naming one."""
+    models = dict(defaults) if isinstance(defaults, dict) else {"": defaults}
+    names, several = list(models), len(models) > 1
     Text = Annotated[str, StringConstraints(max_length=settings.max_text_chars)]
     # (constraints before the validator: so they reach the JSON schema as minimum and maximum)
     BeamSize = Annotated[int, Field(ge=1, le=settings.max_beam_size), BeforeValidator(_whole_number)]
     NBest = Annotated[int, Field(ge=1, le=settings.max_n_best), BeforeValidator(_whole_number)]
     Count = Annotated[int, Field(ge=0), BeforeValidator(_whole_number)]
-    search_rules = _search_rules(settings, defaults)
+    search_rules = per_model_rules(models, partial(_search_rules, settings))
+    default = partial(per_model_default, models)
 
     def schema_extra(schema: dict) -> None:
         schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
@@ -280,36 +329,43 @@ def request_model(settings: ServeSettings, defaults: SearchConfig) -> type[BaseM
         texts: list[Text] = Field(None, min_length=1, max_length=settings.max_texts, json_schema_extra=_no_default,
                                   description=f"1 to {settings.max_texts} texts of at most "
                                               f"{settings.max_text_chars} characters each")
-        beam_size: BeamSize | None = Field(None, description=f"1 = greedy; default {defaults.beam_size} (the "
+        beam_size: BeamSize | None = Field(None, description=f"1 = greedy; default "
+                                                             f"{default(lambda d: str(d.beam_size))} (the "
                                                              f"model's config)")
         n_best: NBest | None = Field(None, description=f"hypotheses to return per text, at most beam_size; default "
-                                                       f"{defaults.n_best}, or beam_size if that is smaller")
+                                                       f"{default(lambda d: str(d.n_best))}, or beam_size if that is "
+                                                       f"smaller")
         return_attention: bool = Field(False, description="also return the source/target tokens and the attention")
         length_penalty: Annotated[float, Field(ge=0, le=MAX_LENGTH_PENALTY)] | None = Field(
             None, description=f"alpha of the beam's length penalty ((5 + n) / 6) ** alpha: higher favours longer "
-                              f"translations; default {defaults.length_penalty:g}")
+                              f"translations; default {default(lambda d: f'{d.length_penalty:g}')}")
         prefix: Text | None = Field(None, description=f"target text every translation of this request starts with: "
                                                       f"its subwords are forced first (their log-probabilities count "
                                                       f"in the score), then decoding goes on; default "
-                                                      f"{defaults.prefix!r}")
+                                                      f"{default(lambda d: repr(d.prefix))}")
         min_length: Count | None = Field(None, description=f"target subwords (the prefix's included) before the end "
-                                                           f"of the sentence is allowed; default {defaults.min_length}")
+                                                           f"of the sentence is allowed; default "
+                                                           f"{default(lambda d: str(d.min_length))}")
         no_repeat_ngram_size: Count | None = Field(
             None, description=f"n: a subword that would repeat an n-gram of the translation is never chosen; 0: off; "
-                              f"default {defaults.no_repeat_ngram_size}")
+                              f"default {default(lambda d: str(d.no_repeat_ngram_size))}")
         sampling: bool | None = Field(None, description=f"draw each subword from the model's distribution instead of "
                                                          f"taking the best (needs beam_size 1, its default then); "
-                                                         f"default {str(defaults.sampling).lower()}")
+                                                         f"default {default(lambda d: str(d.sampling).lower())}")
         top_k: Count | None = Field(None, description=f"with sampling: draw among the k most probable subwords; 0: "
-                                                      f"all; default {defaults.top_k}")
+                                                      f"all; default {default(lambda d: str(d.top_k))}")
         top_p: Annotated[float, Field(gt=0, le=1)] | None = Field(
             None, description=f"with sampling: draw within the fewest most probable subwords whose probability sums "
-                              f"to at least p; default {defaults.top_p:g}")
+                              f"to at least p; default {default(lambda d: f'{d.top_p:g}')}")
         temperature: Annotated[float, Field(gt=0)] | None = Field(
-            None, description=f"with sampling: draw from p ** (1 / temperature); default {defaults.temperature:g}")
+            None, description=f"with sampling: draw from p ** (1 / temperature); default "
+                              f"{default(lambda d: f'{d.temperature:g}')}")
         seed: Count | None = Field(None, description="with sampling: the same seed draws the same translation of the "
                                                      "same text, whatever else is batched with it; default: a new "
                                                      "draw each time")
+        if several:  # a server of several models: which one translates
+            model: model_choice(models) = Field(names[0], description=f"the served model to translate with, by "  # type: ignore[valid-type]
+                                                                      f"name (see /info models); default {names[0]}")
 
         @model_validator(mode="after")
         def _consistent(self) -> "TranslateRequest":
@@ -328,11 +384,16 @@ def request_model(settings: ServeSettings, defaults: SearchConfig) -> type[BaseM
             """The name of text `index` in this request."""
             return "text" if self.texts is None else f"texts[{index}]"
 
+        def chosen_model(self) -> str:
+            """The name of the served model this request asks for (with one model: its name)."""
+            return self.model if several else names[0]
+
         def search_options(self) -> dict[str, Any]:
-            """The options of `Translator.translate`, resolved (`SearchConfig.resolve`), so that requests asking for
-            the same search share model calls; sampling's options only with sampling on."""
+            """The options of `Translator.translate`, resolved (`SearchConfig.resolve`) with the chosen model's
+            defaults, so that requests asking for the same search share model calls; sampling's options only with
+            sampling on."""
             try:
-                search = defaults.resolve(**{name: getattr(self, name) for name in SEARCH_FIELDS})
+                search = models[self.chosen_model()].resolve(**{name: getattr(self, name) for name in SEARCH_FIELDS})
             except ConfigError as error:
                 fields = [name for name in re.findall(r"`(\w+)`", str(error)) if name in SEARCH_FIELDS]
                 raise ValueError(f"{', '.join(dict.fromkeys(fields)) or 'body'}: {error}") from None
@@ -434,9 +495,10 @@ class _Guard:
     API key when the server has one (401). It caps the request body at `max_body_bytes` (413, whether Content-Length
     is given or the body comes in chunks) and the time to send it at `body_timeout_s` (408), adds safety headers (the
     page gets a strict Content-Security-Policy), and counts the translation requests on their way to the batcher
-    (`Batcher.incoming`), so that it waits for company only when some is coming."""
+    (`Batcher.incoming`: each model's batcher, as any of them may get the request), so that it waits for company only
+    when some is coming."""
 
-    def __init__(self, app, settings: ServeSettings, batcher: Batcher) -> None:
+    def __init__(self, app, settings: ServeSettings, batchers: list[Batcher]) -> None:
         self.app = app
         self.max_bytes = settings.max_body_bytes
         self.body_timeout = settings.body_timeout_s
@@ -444,7 +506,7 @@ class _Guard:
         self.hosts = None if hosts is None or "*" in hosts else {host.lower().rstrip(".") for host in hosts}
         self.key = None if settings.api_key is None else settings.api_key.get_secret_value().encode()
         self.limiter = None if settings.rate_limit is None else RateLimiter(settings.rate_limit)
-        self.batcher = batcher
+        self.batchers = batchers
 
     def _too_large(self) -> str:
         return f"body: larger than the limit of {self.max_bytes} bytes (max_body_bytes); send fewer or shorter texts"
@@ -531,12 +593,14 @@ class _Guard:
 
         counted = scope.get("path") == "/translate" and scope.get("method") == "POST"
         if counted:
-            self.batcher.expect(+1)
+            for batcher in self.batchers:
+                batcher.expect(+1)
         try:
             await self.app(scope, limited_receive, send_with_headers)
         finally:
             if counted and not scope.get(SUBMITTED):  # rejected before it reached the batcher
-                self.batcher.expect(-1)
+                for batcher in self.batchers:
+                    batcher.expect(-1)
 
 
 # ---- results ------------------------------------------------------------------------------------------------------
@@ -586,6 +650,20 @@ def _render(results: list[Translation], options: dict[str, Any], with_attention:
     return response.model_dump_json(exclude_unset=True).encode()
 
 
+def _failing_calls(served: "ServedModel") -> str | None:
+    """What /health says of a model whose last FAILING_AFTER or more calls failed, else None."""
+    streak = served.batcher.stats.failure_streak
+    return f"the last {streak} model calls failed; see the server's log" if streak >= FAILING_AFTER else None
+
+
+def _health_problem(models: dict[str, "ServedModel"], several: bool, problem_of) -> str | None:
+    """The models' problems (`problem_of(served)`), each named by its model when the server has several; None."""
+    problems = [(name, problem) for name, served in models.items() if (problem := problem_of(served))]
+    if not problems:
+        return None
+    return "; ".join(f"{name}: {problem}" if several else problem for name, problem in problems)
+
+
 def _self_check(translator: Translator, defaults: SearchConfig, text: str) -> str | None:
     """Translate one text as a request with the default options would: what is wrong, or None. /health reports it,
     so that a server whose model cannot translate does not say ok."""
@@ -599,61 +677,116 @@ def _self_check(translator: Translator, defaults: SearchConfig, text: str) -> st
     return None
 
 
-# ---- the app ------------------------------------------------------------------------------------------------------
+@dataclass
+class ServedModel:
+    """One model of a server: its name (what a request sends as `model`), translator, search defaults (the model's,
+    within the server's limits), source limit, batcher and start-up self-check."""
 
-def create_app(translator: Translator, settings: ServeSettings | None = None, examples: list[str] | None = None
-               ) -> FastAPI:
-    """A FastAPI app serving `translator`, offering `examples` on the page; the batcher starts and stops with the
-    app's lifespan (use `with TestClient(app)` in tests, so that startup and shutdown run)."""
-    settings = settings or ServeSettings()
+    name: str
+    translator: Translator
+    description: ModelDescription
+    defaults: SearchConfig
+    max_source_tokens: int
+    source_cap: str  # how a refusal names the source limit
+    batcher: Batcher
+    examples: list[str]
+    self_check: str | None = None  # the start-up self-check's error (the lifespan runs it)
+
+    def info(self) -> ServedModelInfo:
+        config = self.translator.config
+        return ServedModelInfo(name=self.name, model=self.description, device=str(self.translator.device),
+                               examples=self.examples, source_language=config.data.src_lang,
+                               target_language=config.data.tgt_lang,
+                               defaults={"max_length_ratio": self.defaults.max_length_ratio,
+                                         **{name: getattr(self.defaults, name) for name in SEARCH_FIELDS}},
+                               max_source_tokens=self.max_source_tokens)
+
+
+def served_model(name: str, translator: Translator, settings: ServeSettings, examples: list[str] | None
+                 ) -> ServedModel:
+    """`translator` as a server serves it under `settings`."""
     config = translator.config
-    model = translator.describe()
     defaults = translator.search_settings(beam_size=settings.max_beam_size if config.search.beam_size >
                                           settings.max_beam_size else None)
     defaults = defaults.resolve(n_best=min(defaults.n_best, settings.max_n_best))  # the model's, within the limits
-    TranslateRequest = request_model(settings, defaults)
-    max_source_tokens = settings.max_source_tokens or translator.max_source_tokens
     source_cap = ("max_source_tokens" if settings.max_source_tokens else
                   "max_source_tokens: the model's data.max_length, the longest source it was trained on")
-    per_position = attention_numbers_per_position(model)
     batcher = Batcher(translate=translator.translate, max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.max_wait_ms, max_queued_texts=settings.max_queued_texts,
                       thread_initializer=partial(torch.set_num_threads, settings.threads))
+    batcher.incoming = 0
+    return ServedModel(name, translator, translator.describe(), defaults,
+                       settings.max_source_tokens or translator.max_source_tokens, source_cap, batcher,
+                       list(examples or []))
+
+
+def served_models(translator: Translator | Mapping[str, Translator], settings: ServeSettings,
+                  examples: list[str] | Mapping[str, list[str]] | None) -> dict[str, ServedModel]:
+    """The models of a server by name, the default first: one translator (named by its config), or several by name;
+    `examples`: the first model's, or each model's by name."""
+    translators = dict(translator) if isinstance(translator, Mapping) else {translator.config.name: translator}
+    if not translators:
+        raise ValueError("create_app: give at least one translator")
+    first = next(iter(translators))
+    return {name: served_model(name, t, settings, examples.get(name) if isinstance(examples, Mapping) else
+                               examples if name == first else None) for name, t in translators.items()}
+
+
+# ---- the app ------------------------------------------------------------------------------------------------------
+
+def create_app(translator: Translator | Mapping[str, Translator], settings: ServeSettings | None = None,
+               examples: list[str] | Mapping[str, list[str]] | None = None) -> FastAPI:
+    """A FastAPI app serving `translator`, offering `examples` on the page; the batcher starts and stops with the
+    app's lifespan (use `with TestClient(app)` in tests, so that startup and shutdown run).
+
+    Several models: `translator` maps names to translators (the first is the default) and `examples` names to their
+    examples; each model has its own batcher, and requests choose one by name (`model`)."""
+    settings = settings or ServeSettings()
+    models = served_models(translator, settings, examples)
+    default = next(iter(models.values()))
+    several = len(models) > 1
+    TranslateRequest = request_model(settings, {name: m.defaults for name, m in models.items()})
+    batchers = [m.batcher for m in models.values()]
     started = time.monotonic()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher.start()
-        app.state.self_check = await run_in_threadpool(_self_check, translator, defaults,
-                                                       (examples or [SELF_CHECK_TEXT])[0])
-        if app.state.self_check:
-            log.error("%s; /health answers 503", app.state.self_check)
+        for served in models.values():
+            served.batcher.start()
+        for served in models.values():
+            served.self_check = await run_in_threadpool(_self_check, served.translator, served.defaults,
+                                                        (served.examples or [SELF_CHECK_TEXT])[0])
+            if served.self_check:
+                log.error("%s%s; /health answers 503", f"{served.name}: " if several else "", served.self_check)
+        app.state.self_check = _health_problem(models, several, lambda served: served.self_check)
         try:
             yield
         finally:
-            await batcher.close()
+            for served in models.values():
+                await served.batcher.close()
 
     app = FastAPI(title="attnmt", version=attnmt.__version__, lifespan=lifespan,
                   description="Translate with an attnmt model and see where it looked: `POST /translate`. "
                               "The page at `/` draws the attention.")
     app.state.settings = settings
-    app.state.translator = translator
-    app.state.batcher = batcher
-    app.state.self_check = None  # the start-up self-check's error (the lifespan runs it)
-    batcher.incoming = 0
-    app.add_middleware(_Guard, settings=settings, batcher=batcher)
+    app.state.models = models
+    app.state.translator = default.translator  # the default model's (the only one's)
+    app.state.batcher = default.batcher
+    app.state.self_check = None  # the start-up self-checks' errors (the lifespan runs them)
+    app.add_middleware(_Guard, settings=settings, batchers=batchers)
     # The guard checks the key; this declares it in the schema (and /docs asks for it).
     security = [] if settings.api_key is None else [Security(HTTPBearer(auto_error=False, description="the API key"))]
 
-    def refusal(request: TranslateRequest) -> str | None:  # type: ignore[valid-type]
+    def refusal(served: ServedModel, request: TranslateRequest) -> str | None:  # type: ignore[valid-type]
         """Why a request the schema admits is over a limit the schema cannot say (413), or None: a text over
         max_source_tokens subwords, decoding work over max_request_work, attention over max_attention_values."""
+        translator, defaults = served.translator, served.defaults
         lengths = translator.source_lengths(request.all_texts())
         try:
-            check_source_lengths(lengths, max_source_tokens)
+            check_source_lengths(lengths, served.max_source_tokens)
         except TextTooLong as error:
             return (f"{request.field(error.index)}: {error.length} subwords, over the limit of {error.limit} "
-                    f"({source_cap}); split it into shorter texts")
+                    f"({served.source_cap}); split it into shorter texts")
         sources = torch.tensor(lengths)
         options = request.search_options()
         prefix = translator.prefix_lengths([options["prefix"]])[0] if options["prefix"] else 0
@@ -667,7 +800,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
                     f"its subwords + {LENGTH_SLACK}{forced}), over the limit of {settings.max_request_work:,} a "
                     f"request (max_request_work); send fewer or shorter texts, or a smaller beam_size"
                     f"{', or a shorter prefix' if prefix else ''}")
-        values = per_position * int(((outputs + 1) * sources).sum())
+        values = attention_numbers_per_position(served.description) * int(((outputs + 1) * sources).sum())
         if request.return_attention and values > settings.max_attention_values:
             return (f"return_attention: the attention of these texts could hold {values:,} numbers, over the limit "
                     f"of {settings.max_attention_values:,} a request (max_attention_values); send fewer or shorter "
@@ -700,16 +833,18 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
         A text over max_source_tokens subwords, or a request over max_request_work or max_attention_values, gets 413
         (see /info limits)."""
         begin = time.perf_counter()
-        problem = refusal(request)
+        served = models[request.chosen_model()]
+        problem = refusal(served, request)
         if problem is not None:
             return _error_response(413, problem)
         options = request.search_options()
         http.scope[SUBMITTED] = True
-        batcher.expect(-1)  # no await between this and the job joining the queue in `enqueue`
+        for batcher in batchers:  # no await between this and the job joining the queue in `enqueue`
+            batcher.expect(-1)
         try:
             # text-only requests skip gathering attention; the two kinds are never batched together
             results = await asyncio.wait_for(
-                batcher.enqueue(request.all_texts(), attention=request.return_attention, **options),
+                served.batcher.enqueue(request.all_texts(), attention=request.return_attention, **options),
                 settings.request_timeout_s)
         except QueueFull as error:
             return _error_response(503, f"busy: {error}; retry shortly", headers={"retry-after": "1"})
@@ -728,24 +863,24 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
                                                                        "the model cannot translate"}, **HOST_RESPONSES},
              summary="Is the model translating? Queue length and batching counters")
     async def health(response: Response) -> HealthResponse:
-        problem = app.state.self_check
-        if problem is None and batcher.stats.failure_streak >= FAILING_AFTER:
-            problem = f"the last {batcher.stats.failure_streak} model calls failed; see the server's log"
+        problem = app.state.self_check or _health_problem(models, several, _failing_calls)
         if problem is not None:
             response.status_code = 503
+        batching = ({name: served.batcher.stats.as_dict() for name, served in models.items()} if several else
+                    default.batcher.stats.as_dict())
         return HealthResponse(status="ok" if problem is None else "failing", error=problem,
                               uptime_s=round(time.monotonic() - started, 1),
-                              queued_texts=batcher.queued_texts, incoming_requests=batcher.incoming or 0,
-                              batching=batcher.stats.as_dict())
+                              queued_texts=sum(b.queued_texts for b in batchers),
+                              incoming_requests=default.batcher.incoming or 0, batching=batching)
 
+    default_info = default.info()
+    tokenizer = default.translator.tokenizer
     info = InfoResponse(
-        name=config.name, model=model, device=str(translator.device),
-        examples=list(examples or []),
-        source_language=config.data.src_lang, target_language=config.data.tgt_lang,
-        source_vocab_size=translator.tokenizer.src_vocab_size, target_vocab_size=translator.tokenizer.tgt_vocab_size,
-        defaults={"max_length_ratio": defaults.max_length_ratio,
-                  **{name: getattr(defaults, name) for name in SEARCH_FIELDS}},
-        limits={"max_text_chars": settings.max_text_chars, "max_source_tokens": max_source_tokens,
+        name=default.translator.config.name, model=default_info.model, device=default_info.device,
+        examples=default_info.examples, source_language=default_info.source_language,
+        target_language=default_info.target_language, defaults=default_info.defaults,
+        source_vocab_size=tokenizer.src_vocab_size, target_vocab_size=tokenizer.tgt_vocab_size,
+        limits={"max_text_chars": settings.max_text_chars, "max_source_tokens": default.max_source_tokens,
                 "max_texts": settings.max_texts, "max_beam_size": settings.max_beam_size,
                 "max_n_best": settings.max_n_best, "max_length_penalty": MAX_LENGTH_PENALTY,
                 "max_request_work": settings.max_request_work,
@@ -753,7 +888,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
                 "request_timeout_s": settings.request_timeout_s, "rate_limit": settings.rate_limit},
         batching={"enabled": settings.batching, "max_batch_size": settings.max_batch_size,
                   "max_wait_ms": settings.max_wait_ms, "threads": settings.threads},
-        api_key_required=settings.api_key is not None)
+        api_key_required=settings.api_key is not None, models=[served.info() for served in models.values()])
 
     @app.get("/info", response_model=InfoResponse, responses=HOST_RESPONSES,
              summary="The model: type, languages, vocabularies, attention, limits")
@@ -779,6 +914,6 @@ def create_app(translator: Translator, settings: ServeSettings | None = None, ex
 
     from attnmt.serve.lab import add_lab  # the lab imports this module
 
-    TraceRequest = add_lab(app, translator, settings, defaults, max_source_tokens, source_cap, security)
+    TraceRequest = add_lab(app, models, settings, security)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -2,8 +2,10 @@
 // tree; greedy search: a chain). The page steps through it: at step t, the attention the decoder used to choose the
 // t-th token, the most probable next tokens (click one to force it and decode on), every layer and head (a
 // Transformer), the energies before the normalizer with what softmax, sparsemax and entmax15 make of them (an RNN),
-// and for beam search the tree of kept, pruned and finished hypotheses. The page draws what the server computed and
-// averages nothing itself. Plain JavaScript, no libraries, no inline script (the CSP).
+// and for beam search the tree of kept, pruned and finished hypotheses; a Transformer's encoder and decoder
+// self-attention (every layer and head, and each layer's mean). A server of several models: choose one, or compare
+// them (the same sentence traced by each, translations and heatmaps side by side). The page draws what the server
+// computed and averages nothing itself. Plain JavaScript, no libraries, no inline script (the CSP).
 "use strict";
 
 (() => {
@@ -17,6 +19,8 @@
   const candidatesInput = $("lab-candidates");
   const status = $("lab-status");
   const slider = $("step");
+  const modelSelect = $("lab-model");
+  let models = []; // /info's models: name, description, languages, examples (the default first)
   let trace = null; // the last answer of POST /trace
   let path = []; // node ids from the root to the hypothesis followed
   let step = 1; // 1..path.length - 1: the step on show
@@ -46,18 +50,40 @@
   }
 
   async function postJson(url, body) {
-    const response = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" },
-                                         body: JSON.stringify(body) });
+    const headers = { "Content-Type": "application/json" };
+    const apiKey = $("lab-api-key").value.trim();
+    if (apiKey) headers.Authorization = `Bearer ${apiKey}`; // a server started with --api-key asks for it
+    const response = await fetch(url, { method: "POST", headers, body: JSON.stringify(body) });
     let data = null;
     try { data = await response.json(); } catch (_) { /* not JSON */ }
     if (!response.ok) throw new Error((data && data.error) || `The server answered ${response.status}.`);
     return data;
   }
 
+  const several = () => models.length > 1;
+  const chosenModel = () => models.find((m) => m.name === modelSelect.value) || models[0];
+
+  function describeModel() {
+    const m = chosenModel();
+    if (m) $("model-info").textContent = `${m.source_language} → ${m.target_language} · ${m.model.summary}` +
+      (several() ? ` (${m.name}, one of ${models.length} models)` : "");
+  }
+
   async function loadInfo() {
     try {
       const info = await (await fetch("/info")).json();
+      models = info.models || [];
+      modelSelect.replaceChildren(...models.map((m) => {
+        const option = document.createElement("option");
+        option.value = m.name;
+        option.textContent = `${m.name} · ${m.model.family}`;
+        return option;
+      }));
+      $("lab-model-option").hidden = !several();
+      $("lab-compare-models").hidden = !several();
       $("model-info").textContent = `${info.source_language} → ${info.target_language} · ${info.model.summary}`;
+      describeModel();
+      $("lab-api-key-option").hidden = !info.api_key_required;
       beamInput.max = info.limits.max_beam_size;
       penaltyInput.value = info.defaults.length_penalty;
       if (!source.value && (info.examples || []).length) source.value = info.examples[0];
@@ -70,6 +96,7 @@
 
   function options() {
     const body = { text: source.value };
+    if (several()) body.model = modelSelect.value;
     const beam = Number.parseInt(beamInput.value, 10);
     if (Number.isFinite(beam)) body.beam_size = beam;
     if (penaltyInput.value.trim() !== "") body.length_penalty = Number(penaltyInput.value);
@@ -120,6 +147,8 @@
       return span;
     }));
     $("tree-section").hidden = data.beam_size === 1;
+    $("self-attention-section").hidden = !data.self_attention;
+    if (data.self_attention) showSelfAttention(data.self_attention);
     $("heads-section").hidden = data.attention_layers * data.attention_heads <= 1;
     $("energies-section").hidden = !data.normalizer;
     if (data.beam_size > 1) drawTree();
@@ -359,6 +388,7 @@
                   [`beam ${beam}, length penalty 1`, { beam_size: beam, length_penalty: 1 }],
                   [`beam ${beam}, length penalty 2`, { beam_size: beam, length_penalty: 2 }]];
     const prefix = prefixInput.value ? { prefix: prefixInput.value } : {};
+    if (several()) prefix.model = modelSelect.value;
     setStatus("Comparing…");
     try {
       const answers = await Promise.all(runs.map(([, body]) =>
@@ -378,6 +408,189 @@
       setStatus("Compared.");
     } catch (error) {
       setStatus(error.message, true);
+    }
+  }
+
+  // ---- heatmaps of whole matrices ---------------------------------------------------------------------------
+
+  function drawMatrix(target, rowLabels, colLabels, matrix, label) {
+    // rows × columns of cells (data-row, data-col, data-weight), the labels on the left and on top.
+    target.replaceChildren();
+    target.classList.add("matrix");
+    const size = 26, left = 8 + 7 * Math.max(1, ...rowLabels.map((t) => shownToken(t).length)),
+      top = 8 + 7 * Math.max(1, ...colLabels.map((t) => shownToken(t).length));
+    target.setAttribute("width", left + colLabels.length * size + 4);
+    target.setAttribute("height", top + rowLabels.length * size + 4);
+    target.dataset.rows = String(rowLabels.length);
+    target.dataset.cols = String(colLabels.length);
+    if (label) target.setAttribute("aria-label", label);
+    colLabels.forEach((token, j) => {
+      svg("text", { transform: `translate(${left + j * size + size / 2 + 4}, ${top - 4}) rotate(-90)`,
+                    class: "src-label" }, target).textContent = shownToken(token);
+    });
+    rowLabels.forEach((token, i) => {
+      svg("text", { x: left - 4, y: top + i * size + size / 2 + 4, "text-anchor": "end", class: "tgt-label" }, target)
+        .textContent = shownToken(token);
+      (matrix[i] || []).forEach((w, j) => {
+        svg("rect", { class: "cell", x: left + j * size, y: top + i * size, width: size, height: size,
+                      fill: colour(w), "data-row": i, "data-col": j, "data-weight": Number(w).toFixed(4) }, target);
+      });
+    });
+  }
+
+  // ---- compare models -----------------------------------------------------------------------------------------
+
+  function bestRows(data) {
+    // The best translation's tokens (its </s> last) and the attention with which each was chosen.
+    const rows = data.best.slice(1);
+    return { tokens: rows.map((id) => data.nodes[id].token),
+             attention: rows.map((id) => data.nodes[data.nodes[id].parent].attention || []) };
+  }
+
+  const bestText = (data) => data.best.slice(1).map((id) => data.nodes[id].token).filter((t) => t !== "</s>")
+    .join("").replace(/\u2581/g, " ").trim();
+
+  async function compareModels() {
+    // The same sentence and search traced by every served model, one column each.
+    const body = options();
+    setStatus("Comparing the models…");
+    $("lab-compare-models").disabled = true;
+    try {
+      const answers = await Promise.allSettled(models.map((m) => postJson("/trace", { ...body, model: m.name })));
+      $("models-compare").replaceChildren(...answers.map((answer, i) => modelColumn(models[i], answer)));
+      $("models-section").hidden = false;
+      const failed = answers.filter((a) => a.status === "rejected").length;
+      setStatus(`Compared ${models.length} models` + (failed ? ` (${failed} could not decode it).` : "."), failed > 0);
+    } finally {
+      $("lab-compare-models").disabled = false;
+    }
+  }
+
+  function modelColumn(m, answer) {
+    const column = document.createElement("div");
+    column.className = "model-column";
+    column.dataset.model = m.name;
+    const heading = document.createElement("h3");
+    heading.textContent = m.name;
+    const summary = document.createElement("p");
+    summary.className = "muted small";
+    summary.textContent = m.model.summary;
+    column.append(heading, summary);
+    if (answer.status === "rejected") {
+      const error = document.createElement("p");
+      error.className = "error";
+      error.textContent = answer.reason.message;
+      column.append(error);
+      return column;
+    }
+    const data = answer.value;
+    const text = document.createElement("p");
+    text.className = "translation";
+    text.textContent = bestText(data) || "(empty translation)";
+    const detail = document.createElement("p");
+    detail.className = "muted small";
+    const best = data.nodes[data.best[data.best.length - 1]];
+    detail.textContent = `score ${fixed(best.normalized_score, 3)} · log p ${fixed(best.score, 3)} · ` +
+      `${data.nodes.length} hypotheses looked at`;
+    const map = document.createElementNS(SVG_NS, "svg");
+    map.setAttribute("role", "img");
+    const rows = bestRows(data);
+    drawMatrix(map, rows.tokens, data.source_tokens, rows.attention, `${m.name}: attention of the translation`);
+    const wrap = document.createElement("div");
+    wrap.className = "heatmap-wrap";
+    wrap.append(map);
+    column.append(text, detail, wrap);
+    return column;
+  }
+
+  // ---- self-attention (a Transformer) -------------------------------------------------------------------------
+
+  const SIDES = ["encoder", "decoder"];
+  let selfAttention = null; // the trace's self_attention
+
+  function sideLabels(side) {
+    return side === "encoder" ? trace.source_tokens : selfAttention.decoder_tokens;
+  }
+
+  function fillChoice(select, values, names, keep) {
+    select.replaceChildren(...values.map((value, i) => {
+      const option = document.createElement("option");
+      option.value = String(value);
+      option.textContent = names[i];
+      return option;
+    }));
+    if (values.map(String).includes(keep)) select.value = keep;
+  }
+
+  function showSelfAttention(data) {
+    selfAttention = data;
+    for (const side of SIDES) {
+      const layers = data[side].length, heads = (data[side][0] || []).length;
+      const layer = $(`self-${side}-layer`), head = $(`self-${side}-head`);
+      const keptLayer = layer.value || String(layers), keptHead = head.value || "mean";
+      fillChoice(layer, [...Array(layers).keys()].map((l) => l + 1),
+                 [...Array(layers).keys()].map((l) => `${l + 1} of ${layers}`), keptLayer);
+      if (!layer.value || Number(layer.value) > layers) layer.value = String(layers);
+      fillChoice(head, ["mean", ...[...Array(heads).keys()].map((h) => h + 1)],
+                 ["mean of the heads", ...[...Array(heads).keys()].map((h) => `${h + 1} of ${heads}`)], keptHead);
+      drawThumbs(side);
+      drawSelfView(side);
+    }
+  }
+
+  function selfMatrix(side, layer, head) {
+    // layer 1-based; head 1-based or "mean" (the server's layer mean)
+    return head === "mean" ? selfAttention[`${side}_layer_means`][layer - 1] : selfAttention[side][layer - 1][head - 1];
+  }
+
+  function drawSelfView(side) {
+    const layer = Number($(`self-${side}-layer`).value), head = $(`self-${side}-head`).value;
+    const labels = sideLabels(side);
+    const matrix = selfMatrix(side, layer, head === "mean" ? "mean" : Number(head));
+    drawMatrix($(`self-${side}`), labels, labels, matrix,
+               `${side} self-attention, layer ${layer}, ${head === "mean" ? "mean of the heads" : `head ${head}`}`);
+    for (const thumb of $(`self-${side}-grid`).querySelectorAll("g.thumb")) {
+      thumb.classList.toggle("selected", thumb.dataset.layer === String(layer) && thumb.dataset.head === head);
+    }
+  }
+
+  function drawThumbs(side) {
+    // One small heatmap per layer (row) and head (column), each layer's mean last.
+    const grid = $(`self-${side}-grid`);
+    grid.replaceChildren();
+    const heads = selfAttention[side][0].length, layers = selfAttention[side].length;
+    const n = sideLabels(side).length, cell = Math.max(2, Math.floor(72 / Math.max(1, n))), box = n * cell;
+    const gap = 10, left = 56, top = 18;
+    grid.setAttribute("width", left + (heads + 1) * (box + gap));
+    grid.setAttribute("height", top + layers * (box + gap));
+    for (let h = 0; h <= heads; h++) {
+      svg("text", { x: left + h * (box + gap) + box / 2, y: 12, "text-anchor": "middle" }, grid)
+        .textContent = h === heads ? "mean" : `head ${h + 1}`;
+    }
+    for (let l = 1; l <= layers; l++) {
+      const y = top + (l - 1) * (box + gap);
+      svg("text", { x: left - 6, y: y + box / 2 + 4, "text-anchor": "end" }, grid).textContent = `layer ${l}`;
+      for (let h = 0; h <= heads; h++) {
+        const head = h === heads ? "mean" : String(h + 1);
+        const x = left + h * (box + gap);
+        const group = svg("g", { class: "thumb", "data-layer": l, "data-head": head, tabindex: 0, role: "button",
+                                 transform: `translate(${x}, ${y})`,
+                                 "aria-label": `layer ${l}, ${head === "mean" ? "mean of the heads" : `head ${head}`}` },
+                          grid);
+        selfMatrix(side, l, head === "mean" ? "mean" : Number(head)).forEach((row, i) => row.forEach((w, j) => {
+          svg("rect", { x: j * cell, y: i * cell, width: cell, height: cell, fill: colour(w) }, group);
+        }));
+        svg("rect", { class: "frame", x: -1, y: -1, width: box + 2, height: box + 2 }, group);
+        const choose = () => {
+          $(`self-${side}-layer`).value = String(l);
+          $(`self-${side}-head`).value = head;
+          drawSelfView(side);
+        };
+        group.addEventListener("click", choose);
+        group.addEventListener("keydown", (event) => {
+          if (event.key === "Enter" || event.key === " ") { event.preventDefault(); choose(); }
+        });
+      }
     }
   }
 
@@ -448,6 +661,10 @@
     const params = new URLSearchParams(location.hash.slice(1));
     if (!params.has("text")) return false;
     source.value = params.get("text");
+    if (params.has("model") && models.some((m) => m.name === params.get("model"))) {
+      modelSelect.value = params.get("model");
+      describeModel();
+    }
     if (params.has("beam_size")) beamInput.value = params.get("beam_size");
     if (params.has("length_penalty")) penaltyInput.value = params.get("length_penalty");
     prefixInput.value = params.get("prefix") || "";
@@ -460,6 +677,12 @@
 
   form.addEventListener("submit", (event) => runTrace(event));
   $("lab-compare").addEventListener("click", compare);
+  $("lab-compare-models").addEventListener("click", compareModels);
+  modelSelect.addEventListener("change", describeModel);
+  for (const side of SIDES) {
+    $(`self-${side}-layer`).addEventListener("change", () => drawSelfView(side));
+    $(`self-${side}-head`).addEventListener("change", () => drawSelfView(side));
+  }
   slider.addEventListener("input", () => setStep(Number(slider.value)));
   $("step-first").addEventListener("click", () => setStep(1));
   $("step-prev").addEventListener("click", () => setStep(step - 1));
