@@ -100,7 +100,7 @@ def main() -> None:
                         help="default: every path the model can take (a model without a CTranslate2 export: torch)")
     parser.add_argument("--one", choices=list(PATHS), help=argparse.SUPPRESS)
     parser.add_argument("--search", choices=list(SEARCHES), help=argparse.SUPPRESS)
-    parser.add_argument("--json", default=str(JSON_PATH), help="where the results go")
+    parser.add_argument("--json", help="where the results go (default: benchmarks/results/fast_decode_MODEL.json)")
     parser.add_argument("--smoke", action="store_true", help="print the table only: docs/benchmarks.md untouched")
     args = parser.parse_args()
     if args.one:
@@ -145,7 +145,9 @@ def main() -> None:
               f"(each in its own process, paths alternating); {results['machine']}.\n\n")
     if args.smoke:
         return print(header + table(rows))
-    publish(results, args.json, "fast_decode", "Fast decoding (CTranslate2, int8)", header + table(rows))
+    name = results["model"]  # each model its own results file and section
+    publish(results, args.json or JSON_PATH.with_name(f"fast_decode_{name}.json"), f"fast_decode_{name}",
+            f"Fast decoding (CTranslate2, int8): {name}", header + table(rows))
 
 
 if __name__ == "__main__":
