@@ -326,6 +326,7 @@ def test_page_and_its_assets(client):
         assert needle in page.text
     assert "http://" not in page.text.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing from elsewhere
     assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/shared.js").status_code == 200
     assert client.get("/static/style.css").status_code == 200
     font = client.get("/fonts/NanumGothic.ttf")
     assert font.status_code == 200 and font.headers["content-type"] == "font/ttf" and len(font.content) > 100_000

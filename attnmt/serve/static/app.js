@@ -30,15 +30,7 @@
   let shown = null; // the attention matrix on show [T][S]: the chosen layer and head of `current`
   let layout = { layers: 0, heads: 0 }; // attention layers × heads per layer, from /info (or the last answer)
 
-  // Blues, from light to dark: a weight w in [0, 1] → a colour.
-  const STOPS = [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
-  function colour(w) {
-    const x = Math.min(1, Math.max(0, Number(w) || 0)) * (STOPS.length - 1);
-    const i = Math.min(STOPS.length - 2, Math.floor(x));
-    const f = x - i;
-    const c = STOPS[i].map((v, k) => Math.round(v + f * (STOPS[i + 1][k] - v)));
-    return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
-  }
+  const { colour, shownToken } = window.attnmtShared; // shared.js: the colour scale, the word-start mark
 
   function setStatus(text, isError) {
     status.textContent = text;
@@ -221,10 +213,6 @@
     }
   }
 
-  // sentencepiece's word-start piece "▁" is drawn as a light "·" (as in attnmt's PNG heatmaps, attnmt/plotting.py).
-  const WORD_START = /\u2581/g;
-  const WORD_START_MARK = "\u00b7";
-  const shownToken = (token) => token.replace(WORD_START, WORD_START_MARK);
 
   async function render(received) {
     const translation = { ...received, source_tokens: (received.source_tokens || []).map(shownToken),

@@ -26,15 +26,7 @@
   let step = 1; // 1..path.length - 1: the step on show
   let traced = null; // the request that gave `trace` (the permalink's)
 
-  const STOPS = [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
-  function colour(w) {
-    const x = Math.min(1, Math.max(0, Number(w) || 0)) * (STOPS.length - 1);
-    const i = Math.min(STOPS.length - 2, Math.floor(x));
-    const f = x - i;
-    const c = STOPS[i].map((v, k) => Math.round(v + f * (STOPS[i + 1][k] - v)));
-    return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
-  }
-  const shownToken = (token) => token.replace(/\u2581/g, "\u00b7"); // sentencepiece's word start, as on the main page
+  const { colour, shownToken } = window.attnmtShared; // shared.js
   const fixed = (value, digits) => (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
 
   function svg(name, attributes, parent) {
