@@ -9,9 +9,12 @@ with the model's sentencepiece files and calls `ctranslate2.Translator.translate
     length_penalty α                        length_penalty α, but CTranslate2 ranks by Σ log p / |y|^α where attnmt
                                             ranks by Σ log p / ((5 + |y|) / 6)^α: the same order for α = 0 (and for
                                             greedy search), close otherwise. `score` is recomputed with attnmt's rule
-    max_length_ratio                        max_decoding_length = ⌈ratio × |x|⌉ + LENGTH_SLACK (+ |prefix|),
-                                            `max_output_lengths`, one call per distinct limit: a translation at its
-                                            limit is cut there, as attnmt's search ends it
+    max_length_ratio                        each sentence's limit ⌈ratio × |x|⌉ + LENGTH_SLACK (+ |prefix|)
+                                            (`max_output_lengths`); one call for all sentences with the largest as
+                                            max_decoding_length (CTranslate2 sorts and batches them itself), then a
+                                            translation longer than its own limit is cut there and rescored, as
+                                            attnmt's search ends it (greedy: the same tokens; beam: a hypothesis
+                                            past its limit may have outranked one attnmt would keep)
     prefix                                  target_prefix (its subwords)
     min_length, no_repeat_ngram_size        min_decoding_length, no_repeat_ngram_size
     sampling, top_k, top_p, temperature     sampling_topk (1 when not sampling; 0: the whole vocabulary, as top_k
@@ -204,28 +207,30 @@ class CTranslate2Translator(Translator):
         if search.sampling and search.seed is not None:
             import_ctranslate2().set_random_seed(search.seed)
         results: list[Translation | None] = [None] * len(sentences)
-        by_limit: dict[int, list[int]] = {}
-        for i, limit in zip(kept, limits):
-            by_limit.setdefault(limit, []).append(i)
         alpha = search.length_penalty if search.beam_size > 1 else 0.0  # greedy search: score = log_prob
-        for limit, chunk in sorted(by_limit.items()):
-            outputs = self.engine.translate_batch(
-                [self.tokenizer.source_pieces(source_ids[i]) for i in chunk],
-                target_prefix=[self.tokenizer.target_pieces(prefix_ids[i]) or None for i in chunk],
-                max_batch_size=search.batch_size, beam_size=search.beam_size, num_hypotheses=search.n_best,
-                length_penalty=alpha, max_decoding_length=limit + 1,
-                min_decoding_length=search.min_length, no_repeat_ngram_size=search.no_repeat_ngram_size,
-                sampling_topk=search.top_k if search.sampling else 1, sampling_topp=search.top_p,
-                sampling_temperature=search.temperature if search.sampling else 1.0, max_input_length=0,
-                return_scores=True, return_attention=attention, return_end_token=True)
-            for i, output in zip(chunk, outputs):
-                translations = [self._translation_of(output, k, source_ids[i], limit, alpha, attention)
-                                for k in range(len(output.hypotheses))]
-                translations.sort(key=lambda t: t.score, reverse=True)
-                best = translations[0]
-                best.n_best = translations
-                results[i] = best
+        outputs = self._search([self.tokenizer.source_pieces(source_ids[i]) for i in kept],
+                               target_prefix=[self.tokenizer.target_pieces(prefix_ids[i]) or None for i in kept],
+                               max_batch_size=search.batch_size, beam_size=search.beam_size,
+                               num_hypotheses=search.n_best, length_penalty=alpha,
+                               max_decoding_length=max(limits, default=0) + 1,
+                               min_decoding_length=search.min_length,
+                               no_repeat_ngram_size=search.no_repeat_ngram_size,
+                               sampling_topk=search.top_k if search.sampling else 1, sampling_topp=search.top_p,
+                               sampling_temperature=search.temperature if search.sampling else 1.0,
+                               max_input_length=0, return_scores=True, return_attention=attention,
+                               return_end_token=True) if kept else []
+        for i, limit, output in zip(kept, limits, outputs):
+            translations = [self._translation_of(output, k, source_ids[i], limit, alpha, attention)
+                            for k in range(len(output.hypotheses))]
+            translations.sort(key=lambda t: t.score, reverse=True)
+            best = translations[0]
+            best.n_best = translations
+            results[i] = best
         return [result if result is not None else self._empty_translation(attention) for result in results]
+
+    def _search(self, source_pieces: list[list[str]], **options) -> list:
+        """One `ctranslate2.Translator.translate_batch` call: the search itself (what a benchmark times)."""
+        return self.engine.translate_batch(source_pieces, **options)
 
     def _log_prob(self, source_pieces: list[str], target_pieces: list[str]) -> float:
         """log p(y EOS | x) = Σ_t log p(y_t | y_<t, x), teacher forced by CTranslate2."""
@@ -238,7 +243,7 @@ class CTranslate2Translator(Translator):
         hypothesis there), `log_prob` = Σ log p (CTranslate2's score × its length penalty |y|^α, EOS counted), and
         `score` = log_prob / lp(|y| + 1), attnmt's ranking rule."""
         pieces = list(output.hypotheses[k])
-        if pieces and pieces[-1] == EOS_PIECE:
+        if pieces and pieces[-1] == EOS_PIECE and len(pieces) <= limit + 1:
             steps = len(pieces)  # what CTranslate2 normalized by: its tokens, EOS included
             log_prob = output.scores[k] * steps ** alpha
             pieces = pieces[:-1]

@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from attnmt import checkpoint, devices, distributed, manifest
@@ -209,10 +208,45 @@ def _like(value, current):
     return type(current)(value)
 
 
+class SmoothedCrossEntropy(torch.autograd.Function):
+    """Summed label-smoothed cross-entropy over the real targets (y*_t ≠ PAD), with its gradient in one expression:
+
+        loss = (1 − ε) Σ_t −log p(y*_t) + (ε / V) Σ_t Σ_y −log p(y)       p = softmax(z_t)
+        ∂loss / ∂z_t = p_t − q_t,   q_t = (1 − ε) one_hot(y*_t) + ε / V    (0 at padding)
+
+    The value of `torch.nn.functional.cross_entropy(z, y*, ignore_index=PAD_ID, label_smoothing=ε, reduction="sum")`
+    (to float rounding); its backward pass is one exp of the saved log p, in place, where torch's runs the backward
+    passes of nll_loss, of the smoothing sum and of log_softmax, each over a new [N, V] (the output layer's
+    vocabulary). So it backpropagates once (training's backward), not twice through a retained graph.
+    logits z [N, V], targets [N] → a scalar.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits, dim=-1)  # log p [N, V]
+        padding = (targets == PAD_ID).unsqueeze(1)  # [N, 1]
+        nll = -log_probs.gather(1, targets.unsqueeze(1)).masked_fill_(padding, 0.0).sum()  # Σ_t −log p(y*_t)
+        smooth = -log_probs.sum(1, keepdim=True).masked_fill_(padding, 0.0).sum()  # Σ_t Σ_y −log p(y)
+        ctx.save_for_backward(log_probs, targets, padding)
+        ctx.label_smoothing, ctx.backpropagated = label_smoothing, False
+        return (1.0 - label_smoothing) * nll + smooth * (label_smoothing / logits.size(-1))
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        if ctx.backpropagated:
+            raise RuntimeError("SmoothedCrossEntropy backpropagates once: its saved log p became the gradient")
+        ctx.backpropagated = True
+        log_probs, targets, padding = ctx.saved_tensors
+        smoothing = ctx.label_smoothing
+        grad = log_probs.exp_().sub_(smoothing / log_probs.size(-1))  # p − ε / V, over log p's memory
+        grad.scatter_add_(1, targets.unsqueeze(1), grad.new_full((targets.size(0), 1), smoothing - 1.0))  # − (1 − ε)
+        return grad.mul_(grad_loss * ~padding), None, None  # · ∂L/∂loss, 0 at padding
+
+
 def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Summed label-smoothed cross-entropy over real target tokens. logits [B, T, V], targets [B, T]."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD_ID,
-                           label_smoothing=label_smoothing, reduction="sum")
+    """Summed label-smoothed cross-entropy over real target tokens (`SmoothedCrossEntropy`). logits [B, T, V],
+    targets [B, T]."""
+    return SmoothedCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), label_smoothing)
 
 
 @dataclass

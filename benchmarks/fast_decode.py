@@ -4,7 +4,8 @@
 
 Paths (`PATHS`): torch float32 and torch int8 (`--quantization int8`: dynamic int8, attnmt/quantization.py; RNN and
 Transformer), and the model's CTranslate2 export (`attnmt export`, written here when missing or
-stale) in float32, int8 and int8_float32. Each (path, search) decodes the whole --src in a process of its own (so its
+stale) in float32, int8 and int8_float32, with CTranslate2's own choice of matrix library and, for float32 and int8,
+with Intel's MKL forced (`CT2_USE_MKL=1`; CTranslate2 picks oneDNN on AMD CPUs). Each (path, search) decodes the whole --src in a process of its own (so its
 peak RSS is its own, model loading included), the paths alternating within each of --reps repetitions; a row gets the
 median sentences/s, its ratio to torch float32 with the same search, BLEU (sacreBLEU, the model's target-language
 tokenizer) and the peak RSS. Results: benchmarks/results/fast_decode.json and the "Fast decoding" section of
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -34,6 +36,12 @@ PATHS = {  # name → Translator.load options
     "ctranslate2 float32": {"backend": "ctranslate2", "compute_type": "float32"},
     "ctranslate2 int8": {"backend": "ctranslate2", "compute_type": "int8"},
     "ctranslate2 int8_float32": {"backend": "ctranslate2", "compute_type": "int8_float32"},
+    "ctranslate2 float32, CT2_USE_MKL=1": {"backend": "ctranslate2", "compute_type": "float32"},
+    "ctranslate2 int8, CT2_USE_MKL=1": {"backend": "ctranslate2", "compute_type": "int8"},
+}
+ENVIRONMENT = {  # path → variables set in its process (CTranslate2 reads CT2_USE_MKL as it is imported)
+    "ctranslate2 float32, CT2_USE_MKL=1": {"CT2_USE_MKL": "1"},
+    "ctranslate2 int8, CT2_USE_MKL=1": {"CT2_USE_MKL": "1"},
 }
 SEARCHES = {"greedy": 1, "beam 5": 5}
 EXPORTS = ("float32", "int8", "int8_float32")  # the exports the CTranslate2 paths read
@@ -73,7 +81,8 @@ def ensure_exports(model_dir: str) -> None:
 def child(args, path: str, search: str) -> dict:
     command = [sys.executable, __file__, "--one", path, "--search", search, "--model", args.model, "--src", args.src,
                "--ref", args.ref] + (["--limit", str(args.limit)] if args.limit else [])
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    environment = {**os.environ, **ENVIRONMENT.get(path, {})}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
     if done.returncode != 0:
         raise SystemExit(f"{path} / {search} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])

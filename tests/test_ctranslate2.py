@@ -87,6 +87,23 @@ def test_float32_export_translates_as_pytorch_greedy_and_beam(exported, transfor
     np.testing.assert_allclose([beam_ct2[i].score for i in free], [beam[i].score for i in free], rtol=1e-3, atol=1e-3)
 
 
+def test_one_search_per_call_each_translation_cut_at_its_own_limit(exported, transformer_model):
+    """The backend hands CTranslate2 all sentences at once (the largest limit), then cuts each translation at its
+    own limit: the same greedy tokens as one sentence at a time, and none longer than its limit."""
+    texts = sources(transformer_model)
+    fast = Translator.load(exported, device="cpu", backend="ctranslate2", compute_type="float32")
+    calls = []
+    search = fast._search
+    fast._search = lambda pieces, **options: calls.append(len(pieces)) or search(pieces, **options)
+    together = fast.translate(texts, beam_size=1)
+    assert calls == [len(texts)]
+    alone = [fast.translate([text], beam_size=1)[0] for text in texts]
+    assert [t.tokens for t in together] == [t.tokens for t in alone]
+    limits = [len(ids) * 2 + LENGTH_SLACK for ids in fast.tokenizer.encode_source(texts)]  # ratio 2: the config
+    assert all(len(t.tokens) <= limit for t, limit in zip(together, limits))
+    assert any(len(t.tokens) == limit for t, limit in zip(together, limits))  # the cut is exercised
+
+
 @pytest.mark.parametrize("settings", [
     {"norm": "post", "positions": "learned", "max_positions": 8, "share_embeddings": False,
      "tie_target_embeddings": False},

@@ -25,7 +25,6 @@ Other families raise an `ExportError` saying why and what to use instead (`UNSUP
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import torch
@@ -42,9 +41,9 @@ ALL_HEADS = 0  # CTranslate2's alignment_heads: 0 averages every head of the ali
 
 
 def import_ctranslate2():
-    """The ctranslate2 module, imported with CT2_USE_MKL=1 unless the environment says otherwise: CTranslate2 uses
-    Intel's MKL only on Intel CPUs by default, and on AMD CPUs it was ~10× slower without it (docs/export.md)."""
-    os.environ.setdefault("CT2_USE_MKL", "1")
+    """The ctranslate2 module, imported on first use (it is an optional dependency of the export and the backend).
+    Its matrix library is CTranslate2's own choice (`CT2_USE_MKL` in the environment overrides it; docs/export.md
+    has the measurement on an AMD CPU)."""
     import ctranslate2
 
     return ctranslate2

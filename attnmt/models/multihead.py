@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnmt.models.dropout import dropout as drop
+
 
 def causal_mask(query_length: int, key_length: int, device: torch.device | None = None) -> torch.Tensor:
     """allowed[i, j] = j ≤ i + (Tk − Tq): query i sits at position Tk − Tq + i of the keys (the last Tq of them), and
@@ -39,7 +41,7 @@ class MultiHeadAttention(nn.Module):
 
     model_size: d_model, the width of X, Y and the output; heads: h; d_k = d_v = d_model / h.
     dropout: on the attention weights (training only). fused: compute the inner product with
-    `F.scaled_dot_product_attention` when the weights are not requested.
+    `F.scaled_dot_product_attention` when the weights are not requested (`takes_fused_path`).
     """
 
     def __init__(self, model_size: int, heads: int, dropout: float = 0.0, bias: bool = True, fused: bool = True
@@ -81,6 +83,12 @@ class MultiHeadAttention(nn.Module):
 
     # --- attention -----------------------------------------------------------------------------------------------
 
+    def takes_fused_path(self, q: torch.Tensor, dropout: float, need_weights: bool) -> bool:
+        """Whether `attend` runs through `F.scaled_dot_product_attention`: with `fused`, when the weights are not
+        requested, and not for attention dropout on CPU, where torch has no fused kernel for it and falls back to the
+        same unfused softmax(QKᵀ/√d_k + M)V as ours, with a slower dropout mask (see attnmt/models/dropout.py)."""
+        return self.fused and not need_weights and (dropout == 0.0 or q.device.type != "cpu")
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None,
                causal: bool = False, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """softmax(QKᵀ/√d_k + M)V for every head, merged and projected by W_o.
@@ -96,7 +104,7 @@ class MultiHeadAttention(nn.Module):
             allowed = future if allowed is None else allowed & future
         dropout = self.dropout if self.training else 0.0
 
-        if self.fused and not need_weights:
+        if self.takes_fused_path(q, dropout, need_weights):
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)  # [B, H, Tq, d_k]
             return self.output(self.merge_heads(context)), None
 
@@ -104,7 +112,7 @@ class MultiHeadAttention(nn.Module):
         if allowed is not None:
             scores = scores.masked_fill(~allowed, float("-inf"))  # + M
         weights = torch.softmax(scores, dim=-1)  # [B, H, Tq, Tk]
-        context = F.dropout(weights, dropout, training=self.training) @ v  # head_i = weights_i V_i [B, H, Tq, d_k]
+        context = drop(weights, dropout, self.training) @ v  # head_i = Dropout(weights_i) V_i [B, H, Tq, d_k]
         output = self.output(self.merge_heads(context))  # [head_1; ...; head_h] W_o [B, Tq, d_model]
         return output, weights if need_weights else None
 

@@ -10,7 +10,8 @@
     feed-forward FFN(x) = max(0, x W_1 + b_1) W_2 + b_2            (d_model → d_ff → d_model, dropout after the ReLU)
     output       p(y_t | y_<t, x) = softmax(W_o h_t)              W_o may be the target embedding matrix (tied)
 
-Multi-head attention is `attnmt.models.multihead.MultiHeadAttention`.
+Multi-head attention is `attnmt.models.multihead.MultiHeadAttention`; dropout is `attnmt.models.dropout` (torch's,
+with the mask drawn faster on CPU).
 
 `TransformerSeq2Seq` implements the model contract (`attnmt.models.contract.Seq2SeqModel`), so search, training,
 the translator and the edges use it as they use the RNN:
@@ -46,6 +47,7 @@ from attnmt.config import TransformerConfig
 from attnmt.data.tokenizer import PAD_ID
 from attnmt.errors import ConfigError
 from attnmt.models.contract import ModelDescription, SelfAttention, State, count_parameters, log_probabilities
+from attnmt.models.dropout import Dropout
 from attnmt.models.multihead import MultiHeadAttention
 
 
@@ -78,7 +80,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.inner = nn.Linear(model_size, inner_size)  # W_1, b_1
         self.outer = nn.Linear(inner_size, model_size)  # W_2, b_2
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.outer(self.dropout(torch.relu(self.inner(x))))
@@ -94,7 +96,7 @@ class Sublayer(nn.Module):
         super().__init__()
         self.pre_norm = norm == "pre"
         self.norm = nn.LayerNorm(model_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def input(self, x: torch.Tensor) -> torch.Tensor:
         """What F reads: LN(x) with pre-norm, x with post-norm."""
@@ -192,7 +194,7 @@ class TransformerSeq2Seq(nn.Module):
                                                                                   padding_idx=PAD_ID)
         self.source_positions = Positions(config.positions, d, config.max_positions)
         self.target_positions = Positions(config.positions, d, config.max_positions)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
         pre_norm = config.norm == "pre"  # pre-norm leaves the residual stream unnormalized: one LN closes each stack

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import yaml
 
-from common import MATCHED, ROOT, DecodeJob, TrainJob
+from common import MATCHED, ROOT, Arch, DecodeJob, TrainJob
 from system import System
 
 CONFIGS = {"rnn": ROOT / "attnmt" / "configs" / "multi30k_de_en_rnn.yaml",
            "transformer": ROOT / "attnmt" / "configs" / "multi30k_de_en_transformer.yaml"}
 NEVER = 10 ** 9  # a step count no run reaches: validation, logging and the step limit stay out of the way
+CTRANSLATE2_ARCHS = ("transformer",)  # CTranslate2 has Transformer models only
 
 
 class Attnmt(System):
@@ -96,11 +97,28 @@ class Attnmt(System):
         return self.hook("train", job, job.step_log,
                          ["attnmt.cli:main", "train", str(path), "--model-dir", str(job.work / "model"), "--quiet"])
 
+    def decode_variants(self, arch: Arch) -> dict[str, str]:
+        variants = {"float32": "attnmt, PyTorch float32", "int8": "attnmt, PyTorch int8 (`--quantization int8`)"}
+        if arch.name in CTRANSLATE2_ARCHS:
+            variants.update({"ct2-float32": "attnmt → CTranslate2 float32 (`attnmt export`)",
+                             "ct2-int8": "attnmt → CTranslate2 int8 (`attnmt export --quantization int8`)"})
+        return variants
+
+    def prepare_variant(self, job: TrainJob, variant: str) -> None:
+        """A CTranslate2 path reads the model's export: written (or found up to date) by `attnmt export`."""
+        if variant.startswith("ct2-"):
+            subprocess.run([sys.executable, "-m", "attnmt", "export", str(job.work / "model"), "--to", "ctranslate2",
+                            "--quantization", variant.removeprefix("ct2-")], check=True)
+
     def decode_command(self, job: DecodeJob) -> list[str]:
         # attnmt stops a hypothesis at max_length_ratio · source length + 10 tokens (MATCHED.max_len_b is that 10).
         cli = ["attnmt.cli:main", "translate", str(job.train.work / "model"), "--input", str(job.source_raw),
                "--beam-size", str(job.beam), "--batch-size", str(MATCHED.decode_batch_sentences),
                "--length-penalty", "1.0", "--max-length-ratio", str(MATCHED.max_len_a)]
+        if job.variant == "int8":
+            cli += ["--quantization", "int8"]
+        elif job.variant.startswith("ct2-"):
+            cli += ["--backend", "ctranslate2", "--compute-type", job.variant.removeprefix("ct2-")]
         return self.hook("decode", job.train, job.time_log, cli, ["--stdout", str(job.output)])
 
 

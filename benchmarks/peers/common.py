@@ -131,6 +131,7 @@ class TrainJob:
     python: Path  # the interpreter of the system's virtual environment
     stop_after_steps: int | None = None  # speed mode: the hook ends the process at the start of this step
     budget_seconds: float | None = None  # bleu mode: wall clock from the first step
+    save_at_step: int | None = None  # fastdecode mode: the toolkit saves its model and stops at this step
     step_log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -146,6 +147,7 @@ class DecodeJob:
     split: str  # "test2016", or "test2016.head20" for smoke tests
     output: Path  # what the toolkit writes
     time_log: Path  # what the hook writes: when the first batch started and the last ended
+    variant: str = "float32"  # the decoding path: a key of the system's `decode_variants`
 
     @property
     def source_raw(self) -> Path:

@@ -2,6 +2,7 @@
 
     python -P hooks.py train  --system NAME --log steps.jsonl [--stop-after-steps N] [--budget-seconds S] -- CLI ...
     python -P hooks.py decode --system NAME --log decode.json [--stdin FILE] [--stdout FILE] -- CLI ...
+    python -P hooks.py decode --system ctranslate2 --log decode.json -- __main__:ct2_translate MODEL SRC OUT ...
 
 CLI is a console entry point as `module:function` followed by its arguments; it runs in this process with
 `sys.argv` set, exactly as the toolkit's own script would run it. Before it starts, one method of the toolkit is
@@ -12,7 +13,8 @@ wrapped (see `TRAIN_STEP` and `DECODE_BATCH`):
   target tokens of its batch. A step's time is the gap to the next step's start, so the data loading, update and
   bookkeeping between two calls count too. `--stop-after-steps N` ends the process when step N starts (logged, not
   run): N - 1 steps are timed. `--budget-seconds S` ends training at the first step that starts S seconds after the
-  first step started, and saves the model the toolkit's own way (`STOP`).
+  first step started, and saves the model the toolkit's own way (`STOP`); `--save-at-step N` does the same at
+  step N (a model trained for a number of steps, whatever else loads the machine).
 - decode: the function that translates one batch. The log gets the start of the first call, the end of the last, the
   number of calls: search time, without start-up, model loading, reading input or writing output.
 
@@ -116,8 +118,45 @@ DECODE_BATCH = {
     "opennmt": [("onmt.translate.translator", "Translator.translate_batch")],
     "fairseq": [("fairseq.sequence_generator", "SequenceGenerator.generate")],
     "sockeye": [("sockeye.inference", "Translator._translate_np")],
-    "attnmt": [("attnmt.translator", "greedy_search"), ("attnmt.translator", "beam_search")],
+    "attnmt": [("attnmt.translator", "greedy_search"), ("attnmt.translator", "beam_search"),
+               ("attnmt.backends", "CTranslate2Translator._search")],
+    "ctranslate2": [("__main__", "ct2_search")],  # a peer's CTranslate2 conversion, decoded by ct2_translate below
 }
+
+
+# ---- CTranslate2 for a peer's converted model ----------------------------------------------------------------------
+
+def ct2_search(translator, batch: list[list[str]], **options) -> list:
+    """One batch through CTranslate2 (the call the hook times)."""
+    return translator.translate_batch(batch, **options)
+
+
+def ct2_translate() -> int:
+    """ct2_translate MODEL_DIR SOURCE_PIECES OUTPUT --beam K --batch-size N --max-length L: translate pre-segmented
+    sources with a CTranslate2 model in batches of N sentences, in input order (as the toolkits' own translate
+    commands batch them), and write the output pieces. CTranslate2 chooses its matrix library itself, as in
+    attnmt's CTranslate2 backend; intra-op threads as ATTNMT_PEERS_THREADS."""
+    parser = argparse.ArgumentParser(prog="ct2_translate")
+    parser.add_argument("model")
+    parser.add_argument("source")
+    parser.add_argument("output")
+    parser.add_argument("--beam", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--max-length", type=int, required=True)
+    parser.add_argument("--compute-type", default="default")
+    args = parser.parse_args(sys.argv[1:])
+    import ctranslate2
+    translator = ctranslate2.Translator(args.model, device="cpu", compute_type=args.compute_type, inter_threads=1,
+                                        intra_threads=int(os.environ.get("ATTNMT_PEERS_THREADS", "2")))
+    with open(args.source, encoding="utf-8") as lines:
+        sources = [line.split() for line in lines]
+    search = globals()["ct2_search"]  # the timed wrapper, once the hook has installed it
+    with open(args.output, "w", encoding="utf-8") as out:
+        for start in range(0, len(sources), args.batch_size):
+            results = search(translator, sources[start:start + args.batch_size], beam_size=args.beam,
+                             max_decoding_length=args.max_length, length_penalty=1.0)
+            out.writelines(" ".join(result.hypotheses[0]) + "\n" for result in results)
+    return 0
 
 
 # ---- the wrappers ------------------------------------------------------------------------------------------------
@@ -143,7 +182,7 @@ def _replace(module_name: str, path: str, make_wrapper) -> None:
     setattr(owner, name, make_wrapper(getattr(owner, name)))
 
 
-def wrap_train_step(system: str, log, stop_after: int | None, budget: float | None) -> None:
+def wrap_train_step(system: str, log, stop_after: int | None, budget: float | None, save_at: int | None) -> None:
     module, cls, method, tokens_before = TRAIN_STEP[system]
     state = {"step": 0, "first": None, "stopping": False}
 
@@ -161,9 +200,11 @@ def wrap_train_step(system: str, log, stop_after: int | None, budget: float | No
             if stop_after is not None and step >= stop_after:
                 log.write(json.dumps({"step": step, "start": now, "tokens": None, "stop": "steps"}) + "\n")
                 _exit(0)
-            if budget is not None and not state["stopping"] and now - state["first"] >= budget:
+            over_budget = budget is not None and now - state["first"] >= budget
+            if (over_budget or (save_at is not None and step >= save_at)) and not state["stopping"]:
                 state["stopping"] = True
-                log.write(json.dumps({"step": step, "start": now, "tokens": None, "stop": "budget"}) + "\n")
+                reason = "budget" if over_budget else "steps"
+                log.write(json.dumps({"step": step, "start": now, "tokens": None, "stop": reason}) + "\n")
                 log.flush()
                 if not STOP[system](self):
                     return None
@@ -210,10 +251,11 @@ def main() -> None:
     global _LOG
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["train", "decode"])
-    parser.add_argument("--system", required=True, choices=sorted(TRAIN_STEP))
+    parser.add_argument("--system", required=True, choices=sorted(DECODE_BATCH))
     parser.add_argument("--log", required=True)
     parser.add_argument("--stop-after-steps", type=int)
     parser.add_argument("--budget-seconds", type=float)
+    parser.add_argument("--save-at-step", type=int)
     parser.add_argument("--stdin", help="a file to read as standard input")
     parser.add_argument("--stdout", help="a file to write standard output to")
     argv = sys.argv[1:]
@@ -229,7 +271,7 @@ def main() -> None:
 
     if args.mode == "train":
         _LOG = open(args.log, "a", encoding="utf-8", buffering=1)
-        wrap_train_step(args.system, _LOG, args.stop_after_steps, args.budget_seconds)
+        wrap_train_step(args.system, _LOG, args.stop_after_steps, args.budget_seconds, args.save_at_step)
     else:
         wrap_decode(args.system, args.log)
     if args.stdin:

@@ -6,11 +6,12 @@ Entry points through hooks.py: `onmt.bin.train:main`, `onmt.bin.translate:main`.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import yaml
 
-from common import (MATCHED, DecodeJob, TrainJob, ensure_venv, inverse_sqrt_noam_factor, mark_setup_done, pip,
+from common import (MATCHED, Arch, DecodeJob, TrainJob, ensure_venv, inverse_sqrt_noam_factor, mark_setup_done, pip,
                     setup_done)
 from system import System
 
@@ -18,6 +19,12 @@ DEPENDENCIES = ["configargparse", "ctranslate2", "tensorboard", "flask", "waitre
                 "sacrebleu", "rapidfuzz", "pyahocorasick", "six", "numpy", "spacy", "fasttext-wheel"]
 RECIPE = "torch==2.13.0; --no-deps OpenNMT-py==3.5.1; " + " ".join(DEPENDENCIES)
 NEVER = 10 ** 9
+RELABEL = """import sys, torch
+checkpoint = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
+if checkpoint["opt"].self_attn_type == "scaled-dot-flash":
+    checkpoint["opt"].self_attn_type = "scaled-dot"
+torch.save(checkpoint, sys.argv[2])
+"""
 
 
 class OpenNMT(System):
@@ -105,12 +112,44 @@ class OpenNMT(System):
             raise FileNotFoundError(f"no OpenNMT-py checkpoint in {job.work / 'model'}")
         return found[-1]
 
+    def decode_variants(self, arch: Arch) -> dict[str, str]:
+        variants = super().decode_variants(arch)
+        if arch.name == "transformer":  # CTranslate2 converts OpenNMT-py's Transformers, not its RNNs
+            variants.update({"ct2-float32": "OpenNMT-py → CTranslate2 float32 (its own converter)",
+                             "ct2-int8": "OpenNMT-py → CTranslate2 int8 (its own converter)"})
+        return variants
+
+    @staticmethod
+    def converted(job: TrainJob, variant: str) -> Path:
+        return job.work / f"ctranslate2-{variant.removeprefix('ct2-')}"
+
+    def prepare_variant(self, job: TrainJob, variant: str) -> None:
+        """CTranslate2's own OpenNMT-py converter (in OpenNMT-py's environment), once per checkpoint. OpenNMT-py
+        3.5 trains with `self_attn_type: scaled-dot-flash` (torch's fused attention), which the converter refuses;
+        it computes the same attention as `scaled-dot`, so a copy of the checkpoint says scaled-dot. The
+        checkpoints are pickles: `--unsafe_deserialization` for the one this benchmark trained itself."""
+        if not variant.startswith("ct2-") or self.converted(job, variant).is_dir():
+            return
+        relabelled = job.work / "model-for-ctranslate2.pt"
+        if not relabelled.exists():
+            subprocess.run([str(job.python), "-c", RELABEL, str(self.checkpoint(job)), str(relabelled)], check=True,
+                           capture_output=True)
+        subprocess.run([str(job.python), "-m", "ctranslate2.converters.opennmt_py", "--model_path", str(relabelled),
+                        "--unsafe_deserialization", "--output_dir", str(self.converted(job, variant)),
+                        "--quantization", variant.removeprefix("ct2-")], check=True, capture_output=True)
+
     def decode_command(self, job: DecodeJob) -> list[str]:
         # OpenNMT-py has one fixed output limit (no a · source length + b): 2 · 60 + 10, the longest any source
-        # allows in attnmt; length penalty `wu` with alpha 1 is attnmt's ((5 + n) / 6)^1.
+        # allows in attnmt; length penalty `wu` with alpha 1 is attnmt's ((5 + n) / 6)^1. CTranslate2 divides by
+        # length^1 instead (its only form).
+        max_length = str(int(MATCHED.max_len_a * MATCHED.max_length + MATCHED.max_len_b))
+        if job.variant.startswith("ct2-"):
+            cli = ["__main__:ct2_translate", str(self.converted(job.train, job.variant)), str(job.source_pieces),
+                   str(job.output), "--beam", str(job.beam), "--batch-size", str(MATCHED.decode_batch_sentences),
+                   "--max-length", max_length]
+            return self.hook("decode", job.train, job.time_log, cli, hook_system="ctranslate2")
         cli = ["onmt.bin.translate:main", "-model", str(self.checkpoint(job.train)), "-src", str(job.source_pieces),
                "-output", str(job.output), "-gpu", "-1", "-batch_size", str(MATCHED.decode_batch_sentences),
                "-batch_type", "sents", "-beam_size", str(job.beam), "-length_penalty", "wu", "-alpha", "1.0",
-               "-max_length", str(int(MATCHED.max_len_a * MATCHED.max_length + MATCHED.max_len_b)),
-               "-seed", str(MATCHED.seed)]
+               "-max_length", max_length, "-seed", str(MATCHED.seed)]
         return self.hook("decode", job.train, job.time_log, cli)

@@ -5,6 +5,7 @@ training settings, measured the same way.
     python benchmarks/peers/run.py speed                   # train target tokens/s and peak memory, 3 repetitions
     python benchmarks/peers/run.py bleu --minutes 30       # train each for 30 minutes; test2016 BLEU, sentences/s
     python benchmarks/peers/run.py decode                  # decode again with the models of the last bleu runs
+    python benchmarks/peers/run.py fastdecode --train-steps 800   # every decoding path (int8, CTranslate2), 3 reps
     python benchmarks/peers/run.py report                  # the docs table again, from the results JSON
     python benchmarks/peers/run.py smoke                   # all of it in a few minutes, into the cache folder only
 
@@ -50,7 +51,9 @@ JSON_PATH = ROOT / "benchmarks" / "results" / "peers.json"
 MARKDOWN_PATH = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 INVOCATION = ""  # this run's command line, recorded with every measurement
-DEFAULTS = {"steps": 100, "warmup": 20, "repeats": 3, "minutes": 30.0, "decode_repeats": 3}
+DEFAULTS = {"steps": 100, "warmup": 20, "repeats": 3, "minutes": 30.0, "decode_repeats": 3, "train_steps": 800}
+FAST_BEGIN, FAST_END = "<!-- peers-fastdecode:begin -->", "<!-- peers-fastdecode:end -->"
+REFERENCE_PATH = ("opennmt", "float32")  # the fastdecode table's ratios: OpenNMT-py's own PyTorch decoding
 
 
 # ---- small helpers -----------------------------------------------------------------------------------------------
@@ -103,12 +106,12 @@ def step_records(job: TrainJob) -> tuple[list[dict], int | None]:
 # ---- one training run --------------------------------------------------------------------------------------------
 
 def train(system: System, arch: Arch, data: Data, work: Path, stop_after_steps: int | None = None,
-          budget_seconds: float | None = None) -> tuple[TrainJob, dict]:
+          budget_seconds: float | None = None, save_at_step: int | None = None) -> tuple[TrainJob, dict]:
     """Run one training of `system` in a fresh `work` folder; returns the job and what was measured."""
     work.mkdir(parents=True, exist_ok=False)
-    job = TrainJob(system.name, arch, data, work, system.python(), stop_after_steps, budget_seconds)
+    job = TrainJob(system.name, arch, data, work, system.python(), stop_after_steps, budget_seconds, save_at_step)
     command = system.train_command(job)
-    timeout = 1800 if budget_seconds is None else budget_seconds + 1800
+    timeout = budget_seconds + 1800 if budget_seconds is not None else 4 * 3600 if save_at_step else 1800
     finished = run_monitored(command, cwd=work, log=work / "train.log", timeout=timeout)
     records, parameters = step_records(job)
     result = {"system": system.name, "arch": arch.name, "invocation": INVOCATION, "command": shown(command),
@@ -138,11 +141,11 @@ def speed_numbers(records: list[dict], warmup: int, steps: int) -> dict:
 # ---- decoding ----------------------------------------------------------------------------------------------------
 
 def decode(system: System, job: TrainJob, beam: int, split: str, repetition: int, score: bool,
-           folder: str = "decode") -> dict:
+           folder: str = "decode", variant: str = "float32") -> dict:
     folder = job.work / folder
     folder.mkdir(exist_ok=True)
-    stem = f"{split}.beam{beam}.r{repetition}"
-    decode_job = DecodeJob(job, beam, split, folder / f"{stem}.out", folder / f"{stem}.time.json")
+    stem = f"{split}.beam{beam}.r{repetition}" + ("" if variant == "float32" else f".{variant}")
+    decode_job = DecodeJob(job, beam, split, folder / f"{stem}.out", folder / f"{stem}.time.json", variant)
     try:
         command = system.decode_command(decode_job)
     except FileNotFoundError as error:
@@ -259,6 +262,161 @@ def decode_all(args, trained: list[tuple[System, TrainJob, dict]], results: dict
                 save(results, args)
 
 
+def run_fastdecode(args, systems: list[str], data: Data, results: dict, out_root: Path) -> None:
+    """Every decoding path of each system (`System.decode_variants`: PyTorch float32, attnmt's int8 and
+    CTranslate2 export, OpenNMT-py through CTranslate2's own converter) on models trained for --train-steps steps
+    (a step budget: the same models whatever else loads the machine; kept in the cache folder and reused by later
+    runs with the same budget, --retrain to train again). Greedy and beam 5, --decode-repeats repetitions with the
+    paths in alternating order; BLEU from the first."""
+    runs, not_available = plan(systems, args.arch)
+    section = results.setdefault("fastdecode", {})
+    if section.get("train_steps") != args.train_steps:
+        section.clear()
+    section.update({"train_steps": args.train_steps, "decode_repeats": args.decode_repeats, "test": args.split})
+    models, rows = section.setdefault("models", []), section.setdefault("runs", [])
+    paths = []
+    for system, arch in runs:
+        model = next((m for m in models if (m["system"], m["arch"]) == (system.name, arch.name)), None)
+        work = Path(model["work"].replace("$ATTNMT_PEERS_CACHE", str(cache_dir()))) if model else None
+        if args.retrain or model is None or "error" in model or not (work / "train.log").exists():
+            say(f"fastdecode: training {system.name} {arch.name} for {args.train_steps} steps")
+            job, model = train(system, arch, data, out_root / f"fastdecode-{arch.name}-{system.name}",
+                               save_at_step=args.train_steps)
+            model.pop("_records")
+            models[:] = [m for m in models if (m["system"], m["arch"]) != (system.name, arch.name)] + [model]
+            save(results, args)
+            if "error" in model:
+                say(f"  -> failed\n{model['error']}")
+                continue
+        job = TrainJob(system.name, arch, data, work or out_root / f"fastdecode-{arch.name}-{system.name}",
+                       system.python())
+        for variant, label in system.decode_variants(arch).items():
+            try:
+                system.prepare_variant(job, variant)
+            except Exception as error:  # one path failing to convert must not stop the others
+                say(f"fastdecode: {system.name} {arch.name} {variant}: preparation failed: {error}")
+                continue
+            paths.append((system, job, variant))
+    rows[:] = [r for r in rows if (r["system"], r["arch"]) not in {(s.name, j.arch.name) for s, j, _ in paths}]
+    for repetition in range(args.decode_repeats):
+        for system, job, variant in alternating(paths, repetition):
+            for beam in (1, MATCHED.beam_size):
+                say(f"fastdecode: {system.name} {job.arch.name} {variant}, beam {beam}, r{repetition}")
+                decoded = decode(system, job, beam, args.split, repetition, score=repetition == 0,
+                                 folder="decode-" + out_root.name, variant=variant)
+                decoded.update({"system": system.name, "arch": job.arch.name, "variant": variant,
+                                "invocation": INVOCATION, "date": utc_now(), "version": system.version()})
+                rows.append(decoded)
+                say(f"  -> {decoded.get('sentences_per_s', 'failed')} sent/s, BLEU {decoded.get('bleu', '-')}"
+                    + (f"\n{decoded['error']}" if "error" in decoded else ""))
+                save(results, args)
+
+
+def fastdecode_rows(results: dict) -> list[dict]:
+    """One row per (arch, system, path): medians over repetitions of sentences/s and peak RSS, per search."""
+    section = results.get("fastdecode", {})
+    rows = []
+    for arch_name in ARCHS:
+        for name, system in SYSTEMS.items():
+            if arch_name in system.unsupported:
+                continue
+            for variant, label in system.decode_variants(ARCHS[arch_name]).items():
+                runs = [r for r in section.get("runs", []) if (r["system"], r["arch"], r["variant"])
+                        == (name, arch_name, variant)]
+                if not runs:
+                    continue
+                row = {"arch": arch_name, "system": name, "variant": variant, "label": label}
+                for beam, key in ((1, "greedy"), (MATCHED.beam_size, f"beam{MATCHED.beam_size}")):
+                    ok = [r for r in runs if r["beam"] == beam and "error" not in r]
+                    failed = [r for r in runs if r["beam"] == beam and "error" in r]
+                    if failed and not ok:
+                        row[f"{key}_error"] = (failed[-1]["error"].splitlines() or ["failed"])[-1]
+                    row[f"{key}_sentences_per_s"] = median([r["sentences_per_s"] for r in ok])
+                    row[f"{key}_peak_rss_mib"] = median([r["peak_rss_mib"] for r in ok])
+                    row[f"{key}_repetitions"] = len(ok)
+                    row[f"bleu_{key}"] = next((r["bleu"] for r in ok if "bleu" in r), None)
+                rows.append(row)
+    return rows
+
+
+def fastdecode_lines(results: dict) -> list[str]:
+    """The fastdecode section of docs/benchmarks.md: a table per architecture, ratios to OpenNMT-py's PyTorch
+    decoding and to the system's own float32, and the issue's targets checked against the medians."""
+    section = results.get("fastdecode", {})
+    rows = fastdecode_rows(results)
+    beam_key = f"beam{MATCHED.beam_size}"
+    commands = sorted({(r["invocation"], r["date"][:10]) for r in section.get("runs", [])})
+    lines = [FAST_BEGIN, "## Decoding paths side by side (Multi30k de→en)", "",
+             f"Machine: {results.get('machine', '?')}.  ",
+             f"Models: each system trained for {section.get('train_steps', '?')} steps with the matched settings "
+             "above (a step budget, not the 30 minutes of the table above: these rows compare decoding paths of "
+             "the same model, and BLEU is lower than after 30 minutes). test2016 (1,000 sentences) in batches of "
+             f"{MATCHED.decode_batch_sentences}, 2 threads everywhere. Sentences/s: from the start of the first "
+             "batch to the end of the last, timed by wrapping each path's batch call (hooks.py), median of "
+             f"{section.get('decode_repeats', '?')} repetitions in alternating order; peak RSS: the decoding "
+             "process, model loading included. Ratios: ÷ OpenNMT-py's PyTorch decoding of its own model, and ÷ the "
+             "same model's PyTorch float32 path.  ",
+             "CTranslate2 runs with its own choice of matrix library for attnmt and OpenNMT-py alike (oneDNN on "
+             "an AMD CPU). Its beam search ranks by log p / length where attnmt and OpenNMT-py use "
+             "((5 + length) / 6): beam-5 BLEU of a CTranslate2 path can differ from its PyTorch path for that "
+             "reason too.", "", "Runs:", "", *[f"- `{c}` ({d})" for c, d in commands], ""]
+    for arch_name in ARCHS:
+        arch_rows = [r for r in rows if r["arch"] == arch_name]
+        if not arch_rows:
+            continue
+        reference = next((r for r in arch_rows if (r["system"], r["variant"]) == REFERENCE_PATH), None)
+        lines += [f"**{ARCH_TITLES[arch_name]}**", "",
+                  "| decoding path | greedy sent/s (× OpenNMT-py / × own float32) | beam-5 sent/s (× / ×) "
+                  "| peak RSS MiB greedy / beam 5 | BLEU greedy | BLEU beam 5 |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for row in arch_rows:
+            own = next((r for r in arch_rows if (r["system"], r["variant"]) == (row["system"], "float32")), None)
+            cells = [row["label"]]
+            for key in ("greedy", beam_key):
+                value = row.get(f"{key}_sentences_per_s")
+                if value is None:
+                    cells.append(f"failed: {row[f'{key}_error']}" if f"{key}_error" in row else "—")
+                    continue
+                base = reference and reference.get(f"{key}_sentences_per_s")
+                mine = own and own.get(f"{key}_sentences_per_s")
+                cells.append(f"{value:,.1f} ({value / base:.2f}× / {value / mine:.2f}×)" if base and mine
+                             else f"{value:,.1f}")
+            cells.append(" / ".join(_fmt(row.get(f"{k}_peak_rss_mib")) for k in ("greedy", beam_key)))
+            cells += [_fmt(row.get("bleu_greedy"), 2), _fmt(row.get(f"bleu_{beam_key}"), 2)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", *fastdecode_verdicts(arch_rows, reference, beam_key), ""]
+    return lines + [FAST_END]
+
+
+def fastdecode_verdicts(rows: list[dict], reference: dict | None, beam_key: str) -> list[str]:
+    """The issue's targets: attnmt's fastest path ≥ 2× OpenNMT-py's PyTorch sentences/s with BLEU within 0.3 of
+    attnmt's float32 (Transformer); attnmt int8 ≥ 1.5× its float32 with BLEU within 0.5 (RNN)."""
+    mine = [r for r in rows if r["system"] == "attnmt"]
+    own = next((r for r in mine if r["variant"] == "float32"), None)
+    if own is None:
+        return []
+    verdicts = []
+    for key in ("greedy", beam_key):
+        if reference and reference.get(f"{key}_sentences_per_s"):
+            fast = [r for r in mine if r.get(f"{key}_sentences_per_s") and r.get(f"bleu_{key}") is not None
+                    and own.get(f"bleu_{key}") is not None and abs(r[f"bleu_{key}"] - own[f"bleu_{key}"]) <= 0.3]
+            if fast:
+                best = max(fast, key=lambda r: r[f"{key}_sentences_per_s"])
+                ratio = best[f"{key}_sentences_per_s"] / reference[f"{key}_sentences_per_s"]
+                verdicts.append(f"- {key}: attnmt's fastest path with BLEU within 0.3 of its float32 is "
+                                f"{best['label']}, {ratio:.2f}× OpenNMT-py's PyTorch decoding: target 2× "
+                                + ("met." if ratio >= 2 else f"missed by {2 - ratio:.2f}×."))
+        int8 = next((r for r in mine if r["variant"] == "int8"), None)
+        if int8 and int8.get(f"{key}_sentences_per_s") and own.get(f"{key}_sentences_per_s"):
+            ratio = int8[f"{key}_sentences_per_s"] / own[f"{key}_sentences_per_s"]
+            drop = (own.get(f"bleu_{key}") or 0) - (int8.get(f"bleu_{key}") or 0)
+            verdicts.append(f"- {key}: attnmt int8 {ratio:.2f}× its float32, BLEU {-drop:+.2f}"
+                            + (" (RNN target ≥ 1.5×, within 0.5: " + ("met)." if ratio >= 1.5 and drop <= 0.5
+                                                                       else "missed).")
+                               if rows[0]["arch"] == "rnn" else "."))
+    return verdicts
+
+
 # ---- results -----------------------------------------------------------------------------------------------------
 
 def load_results(path: Path) -> dict:
@@ -275,6 +433,8 @@ def save(results: dict, args) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     write_markdown(results, Path(args.markdown))
+    if results.get("fastdecode"):
+        replace_section(Path(args.markdown), FAST_BEGIN, FAST_END, "\n".join(fastdecode_lines(results)))
 
 
 def median(values: list[float]) -> float | None:
@@ -464,7 +624,7 @@ def write_markdown(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["setup", "speed", "bleu", "decode", "report", "smoke"])
+    parser.add_argument("mode", choices=["setup", "speed", "bleu", "decode", "fastdecode", "report", "smoke"])
     parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
     parser.add_argument("--arch", nargs="+", choices=list(ARCHS), default=list(ARCHS))
     parser.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="speed: timed steps")
@@ -475,6 +635,9 @@ def main() -> None:
                         help="bleu: training budget per system and arch")
     parser.add_argument("--decode-repeats", type=int, default=DEFAULTS["decode_repeats"],
                         help="bleu: decoding repetitions")
+    parser.add_argument("--train-steps", type=int, default=DEFAULTS["train_steps"],
+                        help="fastdecode: training steps of the models whose decoding paths are compared")
+    parser.add_argument("--retrain", action="store_true", help="fastdecode: train the models again")
     parser.add_argument("--split", default="test2016", help=argparse.SUPPRESS)
     parser.add_argument("--json", default=str(JSON_PATH))
     parser.add_argument("--markdown", default=str(MARKDOWN_PATH))
@@ -487,6 +650,7 @@ def main() -> None:
         args.json, args.markdown = str(smoke / "peers.json"), str(smoke / "benchmarks.md")
         args.steps, args.warmup, args.repeats = 4, 2, 1
         args.minutes, args.decode_repeats, args.split = 0.25, 1, "test2016.head20"
+        args.train_steps = 6
 
     systems = list(args.systems)
     if args.mode == "setup" or args.mode == "smoke":
@@ -526,10 +690,11 @@ def main() -> None:
         results["torch_versions"][name] = pip_version(SYSTEMS[name].python(), "torch")
         SYSTEMS[name].prepare(data)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    modes = ["speed", "bleu"] if args.mode == "smoke" else [args.mode]
+    modes = ["speed", "bleu", "fastdecode"] if args.mode == "smoke" else [args.mode]
     for mode in modes:
         out_root = cache_dir() / "runs" / f"{stamp}-{args.mode}"
-        {"speed": run_speed, "bleu": run_bleu, "decode": run_decode}[mode](args, systems, data, results, out_root)
+        {"speed": run_speed, "bleu": run_bleu, "decode": run_decode,
+         "fastdecode": run_fastdecode}[mode](args, systems, data, results, out_root)
     save(results, args)
     say(f"results: {args.json}; table: {args.markdown}")
 

@@ -54,20 +54,34 @@ class System:
         """Write the configs for `job` into `job.work` and return the command that trains (through the hook)."""
         raise NotImplementedError
 
-    def hook(self, mode: str, job: TrainJob, log: Path, cli: list[str], extra: list[str] | None = None) -> list[str]:
-        """The command that runs the toolkit's own command line `cli` (entry point name first) inside hooks.py."""
-        command = [str(job.python), "-P", str(HOOKS), mode, "--system", self.hook_name or self.name, "--log", str(log)]
+    def hook(self, mode: str, job: TrainJob, log: Path, cli: list[str], extra: list[str] | None = None,
+             hook_system: str | None = None) -> list[str]:
+        """The command that runs the toolkit's own command line `cli` (entry point name first) inside hooks.py;
+        `hook_system` times another library's batches (CTranslate2's) instead of the toolkit's."""
+        command = [str(job.python), "-P", str(HOOKS), mode, "--system", hook_system or self.hook_name or self.name,
+                   "--log", str(log)]
         if mode == "train":
             if job.stop_after_steps is not None:
                 command += ["--stop-after-steps", str(job.stop_after_steps)]
             if job.budget_seconds is not None:
                 command += ["--budget-seconds", str(job.budget_seconds)]
+            if job.save_at_step is not None:
+                command += ["--save-at-step", str(job.save_at_step)]
         return command + (extra or []) + ["--", *cli]
 
     # ---- decoding --------------------------------------------------------------------------------------------------
 
+    def decode_variants(self, arch: Arch) -> dict[str, str]:
+        """The decoding paths of this system for `arch` (fastdecode mode): variant → how the table names it.
+        Every system has its PyTorch float32 path; a fast path (int8, CTranslate2) is added by the system."""
+        return {"float32": f"{self.label}, PyTorch float32"}
+
+    def prepare_variant(self, job: TrainJob, variant: str) -> None:
+        """What a decoding path needs before it is timed (a conversion of the trained model); default nothing."""
+
     def decode_command(self, job: DecodeJob) -> list[str]:
-        """The command that translates `job.source_*` into `job.output` (through the hook)."""
+        """The command that translates `job.source_*` into `job.output` (through the hook), on `job.variant`'s
+        path."""
         raise NotImplementedError
 
     def hypotheses(self, job: DecodeJob) -> list[str]:
