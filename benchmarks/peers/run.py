@@ -9,9 +9,9 @@ training settings, measured the same way.
     python benchmarks/peers/run.py report                  # the docs table again, from the results JSON
     python benchmarks/peers/run.py smoke                   # all of it in a few minutes, into the cache folder only
 
---systems (attnmt attnmt-bf16 joeynmt opennmt fairseq sockeye) and --arch (rnn transformer) choose what runs. The cache folder is
-$ATTNMT_PEERS_CACHE, default ~/.cache/attnmt-peers: environments, the prepared data and every run's configs, logs and
-models go there, never into the repository. Results go to benchmarks/results/peers.json and to the peers section of
+--systems (attnmt attnmt-bf16 joeynmt opennmt fairseq sockeye) and --arch (rnn transformer) choose what runs. The
+cache folder is $ATTNMT_PEERS_CACHE, default ~/.cache/attnmt-peers: environments, the prepared data and every run's
+configs, logs and models go there, never into the repository. Results go to benchmarks/results/peers.json and to the peers section of
 docs/benchmarks.md; a system measured again replaces its earlier numbers, the others are kept.
 
 Every measured command runs alone (nothing else should load the machine), through hooks.py inside the system's own
@@ -504,8 +504,9 @@ ARCH_TITLES = {"rnn": "RNN: bidirectional GRU encoder 256 per direction, GRU dec
                "transformer": "Transformer: 3 + 3 layers, d_model 256, 4 heads, feed-forward 1024"}
 
 
-def arch_table(rows: list[dict], arch_name: str, minutes: float | None) -> list[str]:
-    """The results of one architecture, then what each system builds for it."""
+def arch_table(rows: list[dict], arch_name: str, minutes: float | None, repeats: int) -> list[str]:
+    """The results of one architecture, then what each system builds for it; a speed measured in fewer than
+    `repeats` repetitions says how many."""
     rows = [r for r in rows if r["arch"] == arch_name]
     budget = f"steps in {minutes:g} min"
     lines = ["| system | params | train tgt tok/s | train peak RSS MiB | greedy sent/s "
@@ -523,8 +524,10 @@ def arch_table(rows: list[dict], arch_name: str, minutes: float | None) -> list[
         label = row["label"] + (f" ({system.arch_differs[arch_name]})" if arch_name in system.arch_differs else "")
         speed_na = f"failed: {row['speed_error']}" if "speed_error" in row else None
         bleu_na = f"failed: {row['bleu_error']}" if "bleu_error" in row else None
+        fewer = row.get("speed_repetitions") and row["speed_repetitions"] < repeats
+        reps = f" [{row['speed_repetitions']} of {repeats} repetitions]" if fewer else ""
         cells = [label, _fmt(row.get("parameters")),
-                 speed_na or _ratio_cell(rows, row, "train_tgt_tokens_per_s"),
+                 speed_na or _ratio_cell(rows, row, "train_tgt_tokens_per_s") + reps,
                  speed_na or _ratio_cell(rows, row, "train_peak_rss_mib", higher_is_better=False),
                  bleu_na or row.get("greedy_error") or _ratio_cell(rows, row, "greedy_sentences_per_s", digits=1),
                  bleu_na or row.get(f"beam{MATCHED.beam_size}_error")
@@ -614,7 +617,7 @@ def write_markdown(results: dict, path: Path) -> None:
         "",
     ]
     for arch_name in ARCHS:
-        lines += [f"**{ARCH_TITLES[arch_name]}**", "", *arch_table(rows, arch_name, minutes), ""]
+        lines += [f"**{ARCH_TITLES[arch_name]}**", "", *arch_table(rows, arch_name, minutes, repeats), ""]
     lines += ["How each system maps the matched settings (its exact configs and command lines are in "
               "benchmarks/results/peers.json, per run):", "", *mapping_table(), END]
     replace_section(path, BEGIN, END, "\n".join(lines))
