@@ -151,18 +151,22 @@ class Terminated(Exception):
 
 
 @pytest.fixture
-def sigterm_raises():
+def terminal_signals():
+    """SIGTERM raises `Terminated`; SIGINT raises KeyboardInterrupt, as in a terminal (a shell's background job
+    starts with SIGINT ignored, and training leaves an ignored signal alone)."""
     def handler(number, frame):
         raise Terminated
     previous = signal.signal(signal.SIGTERM, handler)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGINT, previous_int)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_signal_finishes_the_step_saves_and_the_run_resumes_exactly(corpus, tmp_path, monkeypatch, capsys,
-                                                                            sigterm_raises, family, number):
+                                                                            terminal_signals, family, number):
     """The signal comes during step 4 (no validation there): the step finishes, train_state/ holds step 4, the message
     says how to go on, and then the signal acts as it would have (SIGINT: KeyboardInterrupt; SIGTERM: its handler).
     Resumed to step 8, the run equals a straight one bit for bit (before: nothing was saved)."""
