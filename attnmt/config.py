@@ -140,7 +140,10 @@ class RNNConfig(Section):
     encoder_layers: int = Field(1, ge=1)
     decoder_layers: int = Field(1, ge=1)
     bidirectional: bool = False
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="on the embeddings, the decoder's output h̃_t and, see "
+                                                            "below, the encoder states")
+    encoder_state_dropout: bool = Field(True, description="dropout also on the encoder states h_i that attention "
+                                                           "reads (OpenNMT-py and JoeyNMT leave them undropped)")
     attention: AttentionConfig | Literal["none"] = Field(default_factory=AttentionConfig)
     decoder_style: Literal["luong", "bahdanau"] = "luong"
     combine: Literal["concat", "add"] = "concat"
@@ -214,7 +217,7 @@ class TransformerConfig(Section):
 
 # Keys of the model section that shape training, not the parameters: a fine-tuned run (`training.init_from`) may set
 # them anew (every other model key, and the whole tokenizer section, must be the source model's).
-TRAINING_ONLY_MODEL_KEYS = ("dropout", "attention_dropout", "fused_attention")
+TRAINING_ONLY_MODEL_KEYS = ("dropout", "encoder_state_dropout", "attention_dropout", "fused_attention")
 
 # `model.type` picks the section; a model section without `type` is an RNN (see `Config._model_type`).
 AnyModelConfig = Annotated[Union[RNNConfig, TransformerConfig], Field(discriminator="type")]

@@ -239,6 +239,23 @@ def test_dropout_is_active_in_training_mode_only():
     assert not torch.allclose(first, noisy)
 
 
+@pytest.mark.parametrize("state_dropout", [True, False])
+def test_encoder_state_dropout_zeroes_the_states_attention_reads_only_when_asked(state_dropout):
+    """Dropout zeroes elements; a GRU state is almost never exactly 0. With `encoder_state_dropout` about half the
+    states of real positions are 0 at p = 0.5, without it none (the embeddings are still dropped)."""
+    model = make_model({**CONFIGS["gru-bi-bahdanau-additive-concat"], "encoder_state_dropout": state_dropout},
+                       dropout=0.5).train()
+    src, src_mask, _, _ = batch()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        states, _ = model.encoder(src, src_mask)  # [B, S, H·dirs]
+    zero_fraction = (states[src_mask] == 0).double().mean().item()
+    if state_dropout:
+        assert 0.35 < zero_fraction < 0.65
+    else:
+        assert zero_fraction == 0.0
+
+
 def test_tied_embeddings_share_one_matrix():
     model = make_model(CONFIGS["gru-uni-luong-general-concat-tied"])
     assert model.decoder.output.weight is model.decoder.embed.weight

@@ -51,6 +51,7 @@ class Encoder(nn.Module):
         hidden = config.encoder_hidden_size or config.hidden_size
         self.embed = nn.Embedding(vocab_size, config.embedding_size, padding_idx=PAD_ID)
         self.dropout = nn.Dropout(config.dropout)
+        self.state_dropout = nn.Dropout(config.dropout) if config.encoder_state_dropout else nn.Identity()
         self.rnn = RNN_CELLS[config.cell](
             config.embedding_size, hidden, num_layers=config.encoder_layers, batch_first=True,
             bidirectional=config.bidirectional, dropout=config.dropout if config.encoder_layers > 1 else 0.0)
@@ -68,7 +69,7 @@ class Encoder(nn.Module):
         packed_states, final = self.rnn(packed)
         states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=src.size(1))
         finals = final if isinstance(final, tuple) else (final,)  # (h_n,) or (h_n, c_n) of an LSTM
-        return self.dropout(states), tuple(self._top_layer(f) for f in finals)
+        return self.state_dropout(states), tuple(self._top_layer(f) for f in finals)
 
     def _top_layer(self, final: torch.Tensor) -> torch.Tensor:
         # final [layers·dirs, B, H] → top layer, directions concatenated [B, H·dirs]

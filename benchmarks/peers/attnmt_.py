@@ -37,7 +37,8 @@ class Attnmt(System):
         "greedy": "its batched greedy search",
     }
     arch_notes = {"rnn": "Luong-style decoder (query s_t), additive score with a 256-wide layer, no input feeding; "
-                         "teacher forcing runs the decoder GRU over all positions at once",
+                         "teacher forcing runs the decoder GRU over all positions at once; dropout on the embeddings "
+                         "and the decoder output, as OpenNMT-py places it (`encoder_state_dropout: false`)",
                   "transformer": "pre-norm, shared + tied embeddings"}
 
     def python(self) -> Path:
@@ -72,7 +73,7 @@ class Attnmt(System):
         if arch.name == "rnn":
             model.update({"embedding_size": arch.embedding_size,
                           "encoder_hidden_size": arch.encoder_hidden_per_direction,
-                          "hidden_size": arch.decoder_hidden, "bidirectional": True,
+                          "hidden_size": arch.decoder_hidden, "bidirectional": True, "encoder_state_dropout": False,
                           "attention": {"score": "additive", "hidden_size": arch.attention_hidden}})
         else:
             model.update({"encoder_layers": arch.layers, "decoder_layers": arch.layers, "hidden_size": arch.d_model,
@@ -82,7 +83,7 @@ class Attnmt(System):
         for key in ("max_minutes", "max_epochs", "plateau_patience", "plateau_factor"):
             training.pop(key, None)
         training.update({
-            "seed": MATCHED.seed, "batch_tokens": MATCHED.batch_tokens, "max_steps": NEVER,
+            "seed": job.seed, "batch_tokens": MATCHED.batch_tokens, "max_steps": NEVER,
             "learning_rate": arch.learning_rate, "adam_betas": list(arch.adam_betas),
             "schedule": "inverse_sqrt" if arch.warmup_steps else "constant", "warmup_steps": arch.warmup_steps,
             "label_smoothing": MATCHED.label_smoothing, "clip_grad_norm": MATCHED.clip_grad_norm,

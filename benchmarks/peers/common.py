@@ -72,7 +72,7 @@ class Matched:
     label_smoothing: float = 0.1
     clip_grad_norm: float = 1.0
     threads: int = 2
-    seed: int = 1
+    seed: int = 1  # the default of run.py's --seed
     decode_batch_sentences: int = 64
     beam_size: int = 5
     # Search stops at max_len_a · source length + max_len_b target tokens where a toolkit allows it.
@@ -129,6 +129,7 @@ class TrainJob:
     data: Data
     work: Path  # a fresh folder for this run: configs, logs, model
     python: Path  # the interpreter of the system's virtual environment
+    seed: int  # the training seed: run.py's --seed, MATCHED.seed unless given
     stop_after_steps: int | None = None  # speed mode: the hook ends the process at the start of this step
     budget_seconds: float | None = None  # bleu mode: wall clock from the first step
     save_at_step: int | None = None  # fastdecode mode: the toolkit saves its model and stops at this step

@@ -144,7 +144,7 @@ class Fairseq(System):
     def train_command(self, job: TrainJob) -> list[str]:
         arch = job.arch
         cli = ["fairseq_cli.train:cli_main", str(self.binarized(job.data)), "--task", "translation",
-               "--source-lang", "de", "--target-lang", "en", "--cpu", "--seed", str(MATCHED.seed),
+               "--source-lang", "de", "--target-lang", "en", "--cpu", "--seed", str(job.seed),
                # batches: sentences × longest side (padded, EOS included) ≤ max-tokens; no rounding to multiples of 8
                "--max-tokens", str(MATCHED.batch_tokens), "--required-batch-size-multiple", "1",
                "--num-workers", "0", "--update-freq", "1",
@@ -187,7 +187,7 @@ class Fairseq(System):
                "--batch-size", str(MATCHED.decode_batch_sentences), "--required-batch-size-multiple", "1",
                "--num-workers", "0", "--beam", str(job.beam), "--lenpen", "1.0",
                "--max-len-a", str(MATCHED.max_len_a), "--max-len-b", str(MATCHED.max_len_b), "--seed",
-               str(MATCHED.seed)]
+               str(job.train.seed)]
         return self.hook("decode", job.train, job.time_log, cli, ["--stdout", str(job.output)])
 
     def hypotheses(self, job: DecodeJob) -> list[str]:

@@ -93,7 +93,7 @@ class JoeyNMT(System):
             training.update({"scheduling": "exponential", "decrease_factor": 1.0})
         return {
             "name": f"peers_{arch.name}", "joeynmt_version": "2.3.0", "model_dir": str(job.work / "model"),
-            "use_cuda": False, "fp16": False, "random_seed": MATCHED.seed,
+            "use_cuda": False, "fp16": False, "random_seed": job.seed,
             "data": {"train": str(data.root / "train.sp"), "dev": str(data.root / "val.sp"),
                      "dataset_type": "plain",
                      "src": {"lang": "de", **side}, "trg": {"lang": "en", **side},

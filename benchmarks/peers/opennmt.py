@@ -67,7 +67,7 @@ class OpenNMT(System):
                                   "path_tgt": str(data.pieces("train", "en"))},
                      "valid": {"path_src": str(data.pieces("val", "de")), "path_tgt": str(data.pieces("val", "en"))}},
             "save_model": str(job.work / "model" / "model"),
-            "seed": MATCHED.seed, "world_size": 1, "gpu_ranks": [],
+            "seed": job.seed, "world_size": 1, "gpu_ranks": [],
             # batching: sentences × longest side (padded) ≤ batch_size, from length-sorted buckets; 20k examples a
             # bucket (the default uses 2.3 GB and a slow start), and no DataLoader worker processes
             "batch_type": "tokens", "batch_size": MATCHED.batch_tokens, "batch_size_multiple": 1,
@@ -151,5 +151,5 @@ class OpenNMT(System):
         cli = ["onmt.bin.translate:main", "-model", str(self.checkpoint(job.train)), "-src", str(job.source_pieces),
                "-output", str(job.output), "-gpu", "-1", "-batch_size", str(MATCHED.decode_batch_sentences),
                "-batch_type", "sents", "-beam_size", str(job.beam), "-length_penalty", "wu", "-alpha", "1.0",
-               "-max_length", max_length, "-seed", str(MATCHED.seed)]
+               "-max_length", max_length, "-seed", str(job.train.seed)]
         return self.hook("decode", job.train, job.time_log, cli)

@@ -4,6 +4,7 @@ training settings, measured the same way.
     python benchmarks/peers/run.py setup                   # a virtual environment per peer, under the cache folder
     python benchmarks/peers/run.py speed                   # train target tokens/s and peak memory, 3 repetitions
     python benchmarks/peers/run.py bleu --minutes 30       # train each for 30 minutes; test2016 BLEU, sentences/s
+    python benchmarks/peers/run.py bleu --minutes 30 --seed 2   # another training seed; seed 1's rows are kept
     python benchmarks/peers/run.py decode                  # decode again with the models of the last bleu runs
     python benchmarks/peers/run.py fastdecode --train-steps 800   # every decoding path (int8, CTranslate2), 3 reps
     python benchmarks/peers/run.py report                  # the docs table again, from the results JSON
@@ -12,7 +13,8 @@ training settings, measured the same way.
 --systems (attnmt attnmt-bf16 joeynmt opennmt fairseq sockeye) and --arch (rnn transformer) choose what runs. The
 cache folder is $ATTNMT_PEERS_CACHE, default ~/.cache/attnmt-peers: environments, the prepared data and every run's
 configs, logs and models go there, never into the repository. Results go to benchmarks/results/peers.json and to the peers section of
-docs/benchmarks.md; a system measured again replaces its earlier numbers, the others are kept.
+docs/benchmarks.md; a system measured again replaces its earlier numbers (in bleu and decode, those of the same
+--seed), the others are kept. The BLEU table shows BLEU and steps as the mean over the seeds, with each seed's value.
 
 Every measured command runs alone (nothing else should load the machine), through hooks.py inside the system's own
 environment, with OMP/MKL threads and torch threads set to 2. Systems are run in alternating order (ABCD, then
@@ -53,6 +55,7 @@ BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 INVOCATION = ""  # this run's command line, recorded with every measurement
 DEFAULTS = {"steps": 100, "warmup": 20, "repeats": 3, "minutes": 30.0, "decode_repeats": 3, "train_steps": 800}
 FAST_BEGIN, FAST_END = "<!-- peers-fastdecode:begin -->", "<!-- peers-fastdecode:end -->"
+SEEDED_MODES = ("bleu", "decode")  # the modes that train (or decode the models trained) with --seed
 REFERENCE_PATH = ("opennmt", "float32")  # the fastdecode table's ratios: OpenNMT-py's own PyTorch decoding
 
 
@@ -87,9 +90,24 @@ def plan(systems: list[str], archs: list[str]) -> tuple[list[tuple[System, Arch]
     return runs, not_available
 
 
-def forget(section: dict, system: System, arch: Arch) -> None:
-    """Drop the earlier runs of this system and architecture from a results section."""
-    section["runs"] = [r for r in section["runs"] if (r["system"], r["arch"]) != (system.name, arch.name)]
+def seed_of(run: dict) -> int:
+    """The training seed of a recorded run; runs recorded before seeds were recorded were all trained with 1."""
+    return run.get("seed", 1)
+
+
+def same_run(run: dict, system: System, arch: Arch, seed: int) -> bool:
+    """Whether a recorded run is of this system, architecture and seed."""
+    return (run["system"], run["arch"], seed_of(run)) == (system.name, arch.name, seed)
+
+
+def forget(section: dict, system: System, arch: Arch, seed: int) -> None:
+    """Drop the earlier runs of this system, architecture and seed from a results section."""
+    section["runs"] = [r for r in section["runs"] if not same_run(r, system, arch, seed)]
+
+
+def seed_suffix(seed: int) -> str:
+    """What a work folder's name gets for a seed other than the default, so that runs of two seeds never share one."""
+    return "" if seed == MATCHED.seed else f"-s{seed}"
 
 
 def step_records(job: TrainJob) -> tuple[list[dict], int | None]:
@@ -105,16 +123,18 @@ def step_records(job: TrainJob) -> tuple[list[dict], int | None]:
 
 # ---- one training run --------------------------------------------------------------------------------------------
 
-def train(system: System, arch: Arch, data: Data, work: Path, stop_after_steps: int | None = None,
+def train(system: System, arch: Arch, data: Data, work: Path, seed: int, stop_after_steps: int | None = None,
           budget_seconds: float | None = None, save_at_step: int | None = None) -> tuple[TrainJob, dict]:
-    """Run one training of `system` in a fresh `work` folder; returns the job and what was measured."""
+    """Run one training of `system` with `seed` in a fresh `work` folder; returns the job and what was measured."""
     work.mkdir(parents=True, exist_ok=False)
-    job = TrainJob(system.name, arch, data, work, system.python(), stop_after_steps, budget_seconds, save_at_step)
+    job = TrainJob(system.name, arch, data, work, system.python(), seed, stop_after_steps, budget_seconds,
+                   save_at_step)
     command = system.train_command(job)
     timeout = budget_seconds + 1800 if budget_seconds is not None else 4 * 3600 if save_at_step else 1800
     finished = run_monitored(command, cwd=work, log=work / "train.log", timeout=timeout)
     records, parameters = step_records(job)
-    result = {"system": system.name, "arch": arch.name, "invocation": INVOCATION, "command": shown(command),
+    result = {"system": system.name, "arch": arch.name, "seed": seed, "invocation": INVOCATION,
+              "command": shown(command),
               "work": shown([str(work)]),
               "returncode": finished.returncode, "wall_s": round(finished.wall_seconds, 1),
               "peak_rss_mib": round(finished.peak_rss_mib), "parameters": parameters, "date": utc_now(),
@@ -190,11 +210,12 @@ def run_speed(args, systems: list[str], data: Data, results: dict, out_root: Pat
         for system, arch in alternating(runs, repetition):
             say(f"speed r{repetition}: {system.name} {arch.name} ({args.warmup} + {args.steps} steps)")
             work = out_root / f"speed-{arch.name}-{system.name}-r{repetition}"
-            job, result = train(system, arch, data, work, stop_after_steps=args.warmup + args.steps + 1)
+            job, result = train(system, arch, data, work, args.seed,
+                                stop_after_steps=args.warmup + args.steps + 1)
             records = result.pop("_records")
             result.update({"repetition": repetition, **speed_numbers(records, args.warmup, args.steps)})
             if repetition == 0:  # numbers of an earlier run of this pair are replaced, once it has new ones
-                forget(section, system, arch)
+                forget(section, system, arch, args.seed)
             section["runs"].append(result)
             say(f"  -> {result.get('train_tgt_tokens_per_s', 'failed')} tok/s, peak {result['peak_rss_mib']} MiB"
                 + (f"\n{result['error']}" if "error" in result else ""))
@@ -207,9 +228,9 @@ def run_bleu(args, systems: list[str], data: Data, results: dict, out_root: Path
                                              "decode_repeats": args.decode_repeats}, not_available)
     trained = []
     for system, arch in runs:  # one training each, in the order given
-        say(f"bleu: training {system.name} {arch.name} for {args.minutes} minutes")
-        work = out_root / f"bleu-{arch.name}-{system.name}"
-        job, result = train(system, arch, data, work, budget_seconds=args.minutes * 60)
+        say(f"bleu: training {system.name} {arch.name} for {args.minutes} minutes, seed {args.seed}")
+        work = out_root / f"bleu-{arch.name}-{system.name}{seed_suffix(args.seed)}"
+        job, result = train(system, arch, data, work, args.seed, budget_seconds=args.minutes * 60)
         records = result.pop("_records")
         timed = [r for r in records if r.get("tokens") is not None]
         if timed:
@@ -219,7 +240,7 @@ def run_bleu(args, systems: list[str], data: Data, results: dict, out_root: Path
                            if seconds > 0 else None})
         result["train_peak_rss_mib"] = result.pop("peak_rss_mib")
         result["decodes"] = []
-        forget(section, system, arch)
+        forget(section, system, arch, args.seed)
         section["runs"].append(result)
         trained.append((system, job, result))
         say(f"  -> {result.get('steps')} steps" + (f"\n{result['error']}" if "error" in result else ""))
@@ -228,19 +249,21 @@ def run_bleu(args, systems: list[str], data: Data, results: dict, out_root: Path
 
 
 def run_decode(args, systems: list[str], data: Data, results: dict, out_root: Path) -> None:
-    """Decode test2016 again with the models the last `bleu` run of each system and architecture left in the cache
-    folder (after a change to a system's decoding, without training again): its decode columns (sentences/s, BLEU)
-    are replaced, its training numbers kept, and the run records when and with which version it was decoded."""
+    """Decode test2016 again with the models the last `bleu` run of each system and architecture with --seed left
+    in the cache folder (after a change to a system's decoding, without training again): its decode columns
+    (sentences/s, BLEU) are replaced, its training numbers kept, and the run records when and with which version it
+    was decoded."""
     runs, _ = plan(systems, args.arch)
     trained = []
     for system, arch in runs:
-        result = next((r for r in results.get("bleu", {}).get("runs", [])
-                       if (r["system"], r["arch"]) == (system.name, arch.name)), None)
+        result = next((r for r in results.get("bleu", {}).get("runs", []) if same_run(r, system, arch, args.seed)),
+                      None)
         work = Path(shlex.split(result["work"])[0].replace("$ATTNMT_PEERS_CACHE", str(cache_dir()))) if result else None
         if result is None or "error" in result or not (work / "train.log").exists():
-            say(f"decode: {system.name} {arch.name} has no trained model of a bleu run; run `bleu` for it first")
+            say(f"decode: {system.name} {arch.name} has no trained model of a bleu run with seed {args.seed}; run "
+                "`bleu` for it first")
             continue
-        job = TrainJob(system.name, arch, data, work, system.python())
+        job = TrainJob(system.name, arch, data, work, system.python(), args.seed)
         result.update({"decodes": [], "decoded": {"invocation": INVOCATION, "date": utc_now(),
                                                    "version": system.version()}})
         trained.append((system, job, result))
@@ -280,7 +303,7 @@ def run_fastdecode(args, systems: list[str], data: Data, results: dict, out_root
         work = Path(model["work"].replace("$ATTNMT_PEERS_CACHE", str(cache_dir()))) if model else None
         if args.retrain or model is None or "error" in model or not (work / "train.log").exists():
             say(f"fastdecode: training {system.name} {arch.name} for {args.train_steps} steps")
-            job, model = train(system, arch, data, out_root / f"fastdecode-{arch.name}-{system.name}",
+            job, model = train(system, arch, data, out_root / f"fastdecode-{arch.name}-{system.name}", args.seed,
                                save_at_step=args.train_steps)
             model.pop("_records")
             models[:] = [m for m in models if (m["system"], m["arch"]) != (system.name, arch.name)] + [model]
@@ -289,7 +312,7 @@ def run_fastdecode(args, systems: list[str], data: Data, results: dict, out_root
                 say(f"  -> failed\n{model['error']}")
                 continue
         job = TrainJob(system.name, arch, data, work or out_root / f"fastdecode-{arch.name}-{system.name}",
-                       system.python())
+                       system.python(), args.seed)
         for variant, label in system.decode_variants(arch).items():
             try:
                 system.prepare_variant(job, variant)
@@ -465,26 +488,61 @@ def summarize(results: dict) -> list[dict]:
                          if r["system"] == name and r["arch"] == arch_name]
             row["parameters"] = next((r["parameters"] for r in ok + bleu_runs if r.get("parameters")), None)
             if bleu_runs:
-                run = bleu_runs[-1]
-                if "error" in run:
-                    row["bleu_error"] = run["error"].splitlines()[-1] if run["error"] else "failed"
-                row["budget_minutes"] = results["bleu"].get("minutes")
-                row["budget_steps"] = run.get("steps")
-                for beam, key in ((1, "greedy"), (MATCHED.beam_size, f"beam{MATCHED.beam_size}")):
-                    decodes = [d for d in run.get("decodes", []) if d.get("beam") == beam and "error" not in d]
-                    row[f"{key}_sentences_per_s"] = median([d["sentences_per_s"] for d in decodes])
-                    row[f"bleu_{key}"] = next((d["bleu"] for d in decodes if "bleu" in d), None)
-                    errors = [d for d in run.get("decodes", []) if d.get("beam") == beam and "error" in d]
-                    if errors and not decodes:
-                        row[f"{key}_error"] = errors[-1]["error"].splitlines()[-1]
+                row.update(bleu_columns(bleu_runs, results["bleu"].get("minutes")))
             rows.append(row)
     return rows
+
+
+def last_run_per_seed(runs: list[dict]) -> dict[int, dict]:
+    """The last of the runs of each seed, by seed."""
+    return dict(sorted({seed_of(run): run for run in runs}.items()))
+
+
+def mean(values: list[float | None], digits: int) -> float | None:
+    """The mean of the values there are, rounded to `digits`; None if there are none."""
+    values = [v for v in values if v is not None]
+    return round(statistics.mean(values), digits) if values else None
+
+
+def per_seed(row: dict, key: str, values: dict[int, float | None], digits: int) -> None:
+    """`row[key]`: the mean over the seeds that have a value; `row[key + "_seeds"]`: each seed's ("s2": value)."""
+    row[key] = mean(list(values.values()), digits)
+    row[f"{key}_seeds"] = {f"s{seed}": value for seed, value in values.items()}
+
+
+def bleu_columns(runs: list[dict], minutes: float | None) -> dict:
+    """The bleu columns of one system and architecture, from its last run of each seed: steps and BLEU are the mean
+    over the seeds (each seed's value beside), sentences/s the median over all their decodes; an error where no seed
+    has a number."""
+    by_seed = last_run_per_seed(runs)
+    row = {"budget_minutes": minutes, "seeds": list(by_seed)}
+    failed = [run for run in by_seed.values() if "error" in run]
+    if len(failed) == len(by_seed):
+        row["bleu_error"] = failed[-1]["error"].splitlines()[-1] if failed[-1]["error"] else "failed"
+    per_seed(row, "budget_steps", {seed: run.get("steps") for seed, run in by_seed.items()}, 1)
+    for beam, key in ((1, "greedy"), (MATCHED.beam_size, f"beam{MATCHED.beam_size}")):
+        decodes = {seed: [d for d in run.get("decodes", []) if d.get("beam") == beam] for seed, run in by_seed.items()}
+        ok = {seed: [d for d in found if "error" not in d] for seed, found in decodes.items()}
+        row[f"{key}_sentences_per_s"] = median([d["sentences_per_s"] for found in ok.values() for d in found])
+        per_seed(row, f"bleu_{key}", {seed: next((d["bleu"] for d in found if "bleu" in d), None)
+                                      for seed, found in ok.items()}, 2)
+        errors = [d for found in decodes.values() for d in found if "error" in d]
+        if errors and not any(ok.values()):
+            row[f"{key}_error"] = errors[-1]["error"].splitlines()[-1]
+    return row
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:
     if value is None:
         return "—"
     return f"{value:,.{digits}f}"
+
+
+def _seeds_cell(row: dict, key: str, digits: int) -> str:
+    """The mean over the seeds, then each seed's value when there is more than one: 38.41 (s1 38.87, s2 37.95)."""
+    seeds = row.get(f"{key}_seeds", {})
+    each = f" ({', '.join(f'{seed} {_fmt(value, digits)}' for seed, value in seeds.items())})" if len(seeds) > 1 else ""
+    return _fmt(row.get(key), digits) + each
 
 
 def _ratio_cell(rows: list[dict], row: dict, key: str, higher_is_better: bool = True, digits: int = 0) -> str:
@@ -532,9 +590,9 @@ def arch_table(rows: list[dict], arch_name: str, minutes: float | None, repeats:
                  bleu_na or row.get("greedy_error") or _ratio_cell(rows, row, "greedy_sentences_per_s", digits=1),
                  bleu_na or row.get(f"beam{MATCHED.beam_size}_error")
                  or _ratio_cell(rows, row, f"beam{MATCHED.beam_size}_sentences_per_s", digits=1),
-                 bleu_na or _fmt(row.get("bleu_greedy"), 2),
-                 bleu_na or _fmt(row.get(f"bleu_beam{MATCHED.beam_size}"), 2),
-                 bleu_na or _fmt(row.get("budget_steps"))]
+                 bleu_na or _seeds_cell(row, "bleu_greedy", 2),
+                 bleu_na or _seeds_cell(row, f"bleu_beam{MATCHED.beam_size}", 2),
+                 bleu_na or _seeds_cell(row, "budget_steps", 0)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", "What each builds:", "", *notes]
 
@@ -604,7 +662,11 @@ def write_markdown(results: dict, path: Path) -> None:
         "(without start-up and model loading), median of "
         f"{decode_repeats} repetitions, with the model trained for the budget. BLEU: "
         f"after {minutes:g} minutes of training each (the clock starts at the first step), the "
-        "last weights, no checkpoint selection.  ",
+        "last weights, no checkpoint selection; training seed "
+        f"{MATCHED.seed} (`python benchmarks/peers/run.py bleu --minutes {minutes:g}`) or another one "
+        f"(`... bleu --minutes {minutes:g} --seed 2`): where a row has more than one seed, BLEU and steps are "
+        "the mean over the seeds, each seed's value in parentheses, and sentences/s the median over all their "
+        "decodes.  ",
         "Each cell with ratios reads: value (value ÷ JoeyNMT's / value ÷ the best peer's); for memory the best is "
         "the lowest.",
         "",
@@ -612,8 +674,8 @@ def write_markdown(results: dict, path: Path) -> None:
         "",
         *([f"- `{command}` ({date})" for command, date in commands] or [
             "- none yet: the table fills in from `python benchmarks/peers/run.py setup`, then `... speed` and "
-            "`... bleu --minutes 30` (per architecture or system if one session cannot hold them all), on an "
-            "otherwise idle machine"]),
+            "`... bleu --minutes 30 [--seed 2]` (per architecture or system if one session cannot hold them all), "
+            "on an otherwise idle machine"]),
         "",
     ]
     for arch_name in ARCHS:
@@ -636,6 +698,9 @@ def main() -> None:
                         help="speed: repetitions, alternating the order")
     parser.add_argument("--minutes", type=float, default=DEFAULTS["minutes"],
                         help="bleu: training budget per system and arch")
+    parser.add_argument("--seed", type=int, default=MATCHED.seed,
+                        help="bleu, decode: the training seed; runs of each seed are kept side by side and the table "
+                             "shows the mean over seeds (the other modes train with the default)")
     parser.add_argument("--decode-repeats", type=int, default=DEFAULTS["decode_repeats"],
                         help="bleu: decoding repetitions")
     parser.add_argument("--train-steps", type=int, default=DEFAULTS["train_steps"],
@@ -645,6 +710,8 @@ def main() -> None:
     parser.add_argument("--json", default=str(JSON_PATH))
     parser.add_argument("--markdown", default=str(MARKDOWN_PATH))
     args = parser.parse_args()
+    if args.seed != MATCHED.seed and args.mode not in SEEDED_MODES:
+        parser.error(f"--seed is for {' and '.join(SEEDED_MODES)}; {args.mode} trains with seed {MATCHED.seed}")
 
     global INVOCATION
     INVOCATION = "python " + shlex.join(["benchmarks/peers/run.py", *sys.argv[1:]])

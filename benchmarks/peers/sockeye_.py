@@ -50,7 +50,7 @@ class Sockeye(System):
                "--source", str(data.pieces("train", "de")), "--target", str(data.pieces("train", "en")),
                "--validation-source", str(data.pieces("val", "de")),
                "--validation-target", str(data.pieces("val", "en")),
-               "--output", str(job.work / "model"), "--shared-vocab", "--use-cpu", "--seed", str(MATCHED.seed),
+               "--output", str(job.work / "model"), "--shared-vocab", "--use-cpu", "--seed", str(job.seed),
                "--max-seq-len", f"{MATCHED.max_length}:{MATCHED.max_length}",
                "--encoder", "transformer", "--decoder", "transformer", "--num-layers", f"{arch.layers}:{arch.layers}",
                "--transformer-model-size", str(arch.d_model), "--num-embed", f"{arch.d_model}:{arch.d_model}",
@@ -80,5 +80,5 @@ class Sockeye(System):
         cli = ["sockeye.translate:main", "--models", str(job.train.work / "model"), "--input", str(job.source_pieces),
                "--output", str(job.output), "--use-cpu", "--batch-size", str(MATCHED.decode_batch_sentences),
                "--beam-size", str(job.beam), "--length-penalty-alpha", "1.0", "--length-penalty-beta", "5.0",
-               "--output-type", "translation", "--seed", str(MATCHED.seed)]
+               "--output-type", "translation", "--seed", str(job.train.seed)]
         return self.hook("decode", job.train, job.time_log, cli)
