@@ -143,7 +143,7 @@ class RNNConfig(Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="on the embeddings, the decoder's output h̃_t and, see "
                                                             "below, the encoder states")
     encoder_state_dropout: bool = Field(True, description="dropout also on the encoder states h_i that attention "
-                                                           "reads (OpenNMT-py and JoeyNMT leave them undropped)")
+                                                           "reads (OpenNMT-py leaves them undropped)")
     attention: AttentionConfig | Literal["none"] = Field(default_factory=AttentionConfig)
     decoder_style: Literal["luong", "bahdanau"] = "luong"
     combine: Literal["concat", "add"] = "concat"

@@ -92,7 +92,7 @@ def plan(systems: list[str], archs: list[str]) -> tuple[list[tuple[System, Arch]
 
 def seed_of(run: dict) -> int:
     """The training seed of a recorded run; runs recorded before seeds were recorded were all trained with 1."""
-    return run.get("seed", 1)
+    return run.get("seed", MATCHED.seed)
 
 
 def same_run(run: dict, system: System, arch: Arch, seed: int) -> bool:
