@@ -28,6 +28,12 @@ with the model's sentencepiece files and calls `ctranslate2.Translator.translate
                                             says so (attention_layers = attention_heads = 1)
 
 `score` (teacher-forced log p(reference | source)) is not offered: score with the PyTorch backend.
+
+Threads: CTranslate2 splits the sentences of one call into batches (`batch_size` sentences, sorted by length) and
+decodes `parallel_batches` of them at once, each on threads ÷ parallel_batches threads (its inter_threads and
+intra_threads; `ctranslate2_threads`). The default is one thread per batch, the faster layout for many sentences on
+a small CPU (docs/benchmarks.md, "Decoding paths side by side"); `parallel_batches=1` gives one batch every thread
+(a single batch finishes sooner in float32, not in int8).
 """
 
 from __future__ import annotations
@@ -53,6 +59,17 @@ from attnmt.translator import Translation, Translator
 BACKENDS = ("torch", "ctranslate2")
 COMPUTE_TYPES = ("default", "auto", "float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16",
                  "bfloat16")  # CTranslate2's; which run depends on the device (ctranslate2.get_supported_compute_types)
+
+
+def ctranslate2_threads(threads: int, parallel_batches: int | None = None, device: str = "cpu") -> tuple[int, int]:
+    """CTranslate2's (inter_threads, intra_threads) for `threads` CPU threads: `parallel_batches` batches decoded at
+    once, each on threads ÷ parallel_batches threads. Default: one thread per batch on a CPU; one batch at a time on
+    a GPU (where each batch decoded at once holds a copy of the model)."""
+    batches = parallel_batches if parallel_batches is not None else threads if device == "cpu" else 1
+    if not 1 <= batches <= threads:
+        raise AttnmtError(f"parallel_batches {batches}: choose 1 to {threads} (the threads CTranslate2 may use), so "
+                          f"that every batch has a thread")
+    return batches, threads // batches
 
 
 def _description(config, tokenizer: Tokenizer) -> ModelDescription:
@@ -131,12 +148,13 @@ class CTranslate2Translator(Translator):
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "auto", compute_type: str = "default",
-             export_dir: str | Path | None = None, check_manifest: bool = True, threads: int | None = None
-             ) -> "CTranslate2Translator":
+             export_dir: str | Path | None = None, check_manifest: bool = True, threads: int | None = None,
+             parallel_batches: int | None = None) -> "CTranslate2Translator":
         """The model directory's CTranslate2 export (`choose_export`, or `export_dir`), checked to be made from the
         directory's files as they are (`attnmt.export.check_export`: a stale export is a `CheckpointError`), on
         `device` with `compute_type` (float32, int8, int8_float32, ...: `ctranslate2.get_supported_compute_types`).
-        `threads`: CTranslate2's intra-op threads (default torch's thread count, to compare like with like)."""
+        `threads`: the CPU threads CTranslate2 may use (default torch's thread count, to compare like with like),
+        `parallel_batches` of them decoded at once (default one per thread; the module docstring)."""
         model_dir = Path(model_dir)
         if compute_type not in COMPUTE_TYPES:
             raise AttnmtError(f"compute_type {compute_type!r}: choose one of {', '.join(COMPUTE_TYPES)}")
@@ -154,10 +172,12 @@ class CTranslate2Translator(Translator):
         if compute_type not in ("default", "auto") and compute_type not in supported:
             raise AttnmtError(f"compute_type {compute_type!r} does not run on this {kind} (CTranslate2 supports "
                               f"{', '.join(sorted(supported))} here); choose one of those")
+        inter_threads, intra_threads = ctranslate2_threads(threads or torch.get_num_threads(), parallel_batches,
+                                                           kind)
         try:
             engine = ctranslate2.Translator(str(export_dir), device=kind, device_index=index,
-                                            compute_type=compute_type, inter_threads=1,
-                                            intra_threads=threads or torch.get_num_threads())
+                                            compute_type=compute_type, inter_threads=inter_threads,
+                                            intra_threads=intra_threads)
         except (RuntimeError, ValueError) as error:
             raise CheckpointError(f"{export_dir}: CTranslate2 cannot load it ({error}); export again with "
                                   f"`attnmt export {model_dir} --to ctranslate2`") from None

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from attnmt import checkpoint, manifest
+from attnmt.backends import CTranslate2Translator, ctranslate2_threads
 from attnmt.config import LENGTH_SLACK
 from attnmt.cli import main
 from attnmt.errors import AttnmtError, CheckpointError
@@ -136,6 +137,29 @@ def test_attention_scores_and_length_penalty(exported, transformer_model):
         if t.tokens == ours.tokens:
             assert t.log_prob == pytest.approx(ours.log_prob, abs=1e-3)
         assert t.score == pytest.approx(t.log_prob / ((5 + len(t.tokens) + 1) / 6), rel=1e-6)
+
+
+def test_thread_layout():
+    """One thread per batch on a CPU by default, one batch at a time on a GPU; a layout leaving a batch without a
+    thread is refused."""
+    assert ctranslate2_threads(2) == (2, 1) and ctranslate2_threads(4, 2) == (2, 2)
+    assert ctranslate2_threads(2, 1) == (1, 2) and ctranslate2_threads(2, device="cuda") == (1, 2)
+    with pytest.raises(AttnmtError, match="parallel_batches 3: choose 1 to 2"):
+        ctranslate2_threads(2, 3)
+
+
+def test_batches_decoded_at_once_translate_as_one_at_a_time(exported, transformer_model):
+    """Two batches at once, one thread each (the default), give what one batch at a time on both threads gives."""
+    texts = sources(transformer_model)
+    parallel = CTranslate2Translator.load(exported, device="cpu", compute_type="float32", threads=2)
+    serial = CTranslate2Translator.load(exported, device="cpu", compute_type="float32", threads=2,
+                                        parallel_batches=1)
+    assert (parallel.engine.num_translators, serial.engine.num_translators) == (2, 1)
+    for beam_size in (1, 4):
+        a = parallel.translate(texts, beam_size=beam_size, batch_size=4)
+        b = serial.translate(texts, beam_size=beam_size, batch_size=4)
+        assert [t.tokens for t in a] == [t.tokens for t in b]
+        np.testing.assert_allclose([t.score for t in a], [t.score for t in b], rtol=1e-5, atol=1e-5)
 
 
 def test_int8_agrees_with_float32(exported, transformer_model):

@@ -127,15 +127,16 @@ DECODE_BATCH = {
 # ---- CTranslate2 for a peer's converted model ----------------------------------------------------------------------
 
 def ct2_search(translator, batch: list[list[str]], **options) -> list:
-    """One batch through CTranslate2 (the call the hook times)."""
+    """Sentences through CTranslate2 (the call the hook times)."""
     return translator.translate_batch(batch, **options)
 
 
 def ct2_translate() -> int:
-    """ct2_translate MODEL_DIR SOURCE_PIECES OUTPUT --beam K --batch-size N --max-length L: translate pre-segmented
-    sources with a CTranslate2 model in batches of N sentences, in input order (as the toolkits' own translate
-    commands batch them), and write the output pieces. CTranslate2 chooses its matrix library itself, as in
-    attnmt's CTranslate2 backend; intra-op threads as ATTNMT_PEERS_THREADS."""
+    """ct2_translate MODEL_DIR SOURCE_PIECES OUTPUT --beam K --batch-size N --max-length L --inter-threads I
+    --intra-threads J: translate pre-segmented sources with a CTranslate2 model as attnmt's CTranslate2 backend does
+    (one translate_batch call: CTranslate2 sorts the sentences by length into batches of N and decodes I batches at
+    once, each on J threads), and write the output pieces in input order. CTranslate2 chooses its matrix library
+    itself, as in attnmt's backend."""
     parser = argparse.ArgumentParser(prog="ct2_translate")
     parser.add_argument("model")
     parser.add_argument("source")
@@ -143,19 +144,20 @@ def ct2_translate() -> int:
     parser.add_argument("--beam", type=int, required=True)
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--max-length", type=int, required=True)
+    parser.add_argument("--inter-threads", type=int, required=True)
+    parser.add_argument("--intra-threads", type=int, required=True)
     parser.add_argument("--compute-type", default="default")
     args = parser.parse_args(sys.argv[1:])
     import ctranslate2
-    translator = ctranslate2.Translator(args.model, device="cpu", compute_type=args.compute_type, inter_threads=1,
-                                        intra_threads=int(os.environ.get("ATTNMT_PEERS_THREADS", "2")))
+    translator = ctranslate2.Translator(args.model, device="cpu", compute_type=args.compute_type,
+                                        inter_threads=args.inter_threads, intra_threads=args.intra_threads)
     with open(args.source, encoding="utf-8") as lines:
         sources = [line.split() for line in lines]
     search = globals()["ct2_search"]  # the timed wrapper, once the hook has installed it
+    results = search(translator, sources, max_batch_size=args.batch_size, beam_size=args.beam,
+                     max_decoding_length=args.max_length, length_penalty=1.0)
     with open(args.output, "w", encoding="utf-8") as out:
-        for start in range(0, len(sources), args.batch_size):
-            results = search(translator, sources[start:start + args.batch_size], beam_size=args.beam,
-                             max_decoding_length=args.max_length, length_penalty=1.0)
-            out.writelines(" ".join(result.hypotheses[0]) + "\n" for result in results)
+        out.writelines(" ".join(result.hypotheses[0]) + "\n" for result in results)
     return 0
 
 

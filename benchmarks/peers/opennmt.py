@@ -144,9 +144,12 @@ class OpenNMT(System):
         # length^1 instead (its only form).
         max_length = str(int(MATCHED.max_len_a * MATCHED.max_length + MATCHED.max_len_b))
         if job.variant.startswith("ct2-"):
+            from attnmt.backends import ctranslate2_threads
+            inter_threads, intra_threads = ctranslate2_threads(MATCHED.threads)  # as attnmt's backend lays them out
             cli = ["__main__:ct2_translate", str(self.converted(job.train, job.variant)), str(job.source_pieces),
                    str(job.output), "--beam", str(job.beam), "--batch-size", str(MATCHED.decode_batch_sentences),
-                   "--max-length", max_length]
+                   "--max-length", max_length, "--inter-threads", str(inter_threads),
+                   "--intra-threads", str(intra_threads)]
             return self.hook("decode", job.train, job.time_log, cli, hook_system="ctranslate2")
         cli = ["onmt.bin.translate:main", "-model", str(self.checkpoint(job.train)), "-src", str(job.source_pieces),
                "-output", str(job.output), "-gpu", "-1", "-batch_size", str(MATCHED.decode_batch_sentences),
