@@ -107,15 +107,17 @@ def _ct2_device(device: str) -> tuple[str, int]:
 
 
 def load_backend(backend: str, model_dir, device: str = "auto", mixed_precision: str = "none",
-                 check_manifest: bool = True, quantization: str = "none", compute_type: str | None = None
-                 ) -> Translator:
+                 check_manifest: bool = True, quantization: str = "none", compute_type: str | None = None,
+                 parallel_batches: int | None = None) -> Translator:
     """`Translator.load` with a backend other than torch; options that belong to another backend are errors naming
     them."""
     if backend not in BACKENDS:
         raise AttnmtError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "torch":
-        raise AttnmtError(f"compute_type {compute_type!r} (--compute-type) is CTranslate2's: use it with "
-                          f"backend=\"ctranslate2\" (--backend ctranslate2), or leave it out")
+        option = (f"compute_type {compute_type!r} (--compute-type)" if compute_type is not None else
+                  f"parallel_batches {parallel_batches}")
+        raise AttnmtError(f"{option} is CTranslate2's: use it with backend=\"ctranslate2\" (--backend ctranslate2), "
+                          f"or leave it out")
     if not isinstance(model_dir, (str, Path)):
         if len(model_dir) != 1:
             raise AttnmtError("the CTranslate2 backend translates with one model: ensembles need the PyTorch backend")
@@ -128,7 +130,7 @@ def load_backend(backend: str, model_dir, device: str = "auto", mixed_precision:
                           f"choose compute_type (--compute-type int8), or export quantized weights (`attnmt export "
                           f"MODEL_DIR --to ctranslate2 --quantization int8`)")
     return CTranslate2Translator.load(model_dir, device=device, compute_type=compute_type or "default",
-                                      check_manifest=check_manifest)
+                                      check_manifest=check_manifest, parallel_batches=parallel_batches)
 
 
 class CTranslate2Translator(Translator):

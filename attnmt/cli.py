@@ -619,7 +619,7 @@ def _add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _backend_options(args) -> dict:
-    return {"backend": args.backend, "compute_type": args.compute_type}
+    return {"backend": args.backend, "compute_type": args.compute_type, "parallel_batches": args.parallel_batches}
 
 
 def _add_backend_argument(parser: argparse.ArgumentParser) -> None:
@@ -629,6 +629,9 @@ def _add_backend_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compute-type", metavar="TYPE",
                         help="with --backend ctranslate2: float32, int8, int8_float32 (CPU), float16, int8_float16 "
                              "(GPU), ...; default: the export's own")
+    parser.add_argument("--parallel-batches", type=int, metavar="N",
+                        help="with --backend ctranslate2: batches decoded at once, sharing the CPU threads (default: "
+                             "one per thread, the faster for many sentences; 1: one batch on every thread)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -194,7 +194,7 @@ class Translator:
     @classmethod
     def load(cls, model_dir: str | Path | Sequence[str | Path], device: str = "auto", mixed_precision: str = "none",
              check_manifest: bool = True, quantization: str = quantizing.DEFAULT_QUANTIZATION, backend: str = "torch",
-             compute_type: str | None = None) -> "Translator":
+             compute_type: str | None = None, parallel_batches: int | None = None) -> "Translator":
         """Load config.yaml, the tokenizer and model.safetensors from a model directory, and put the model on `device`
         (auto | cpu | cuda | cuda:N; auto: a GPU if torch sees one, else the CPU); it translates in float32, or
         under autocast with `mixed_precision` bf16 | fp16 (fp16: GPUs only), or with `quantization="int8"` in dynamic
@@ -212,11 +212,13 @@ class Translator:
         (or a `StorageError`) naming the file.
 
         `backend="ctranslate2"` translates with the directory's CTranslate2 export (`attnmt export`) in `compute_type`
-        (float32, int8, int8_float32, ...): `attnmt.backends`, same `Translation` objects."""
-        if backend != "torch" or compute_type is not None:
+        (float32, int8, int8_float32, ...), `parallel_batches` batches at once (default one per CPU thread):
+        `attnmt.backends`, same `Translation` objects."""
+        if backend != "torch" or compute_type is not None or parallel_batches is not None:
             from attnmt.backends import load_backend
             return load_backend(backend, model_dir, device=device, mixed_precision=mixed_precision,
-                                check_manifest=check_manifest, quantization=quantization, compute_type=compute_type)
+                                check_manifest=check_manifest, quantization=quantization, compute_type=compute_type,
+                                parallel_batches=parallel_batches)
         quantizing.check_quantization(quantization)
         target = devices.choose(quantizing.device_option(quantization, device), option="device")
         quantizing.check_placement(quantization, target, mixed_precision)

@@ -4,13 +4,14 @@
 
 Paths (`PATHS`): torch float32 and torch int8 (`--quantization int8`: dynamic int8, attnmt/quantization.py; RNN and
 Transformer), and the model's CTranslate2 export (`attnmt export`, written here when missing or stale) in float32,
-int8 and int8_float32, with CTranslate2's own choice of matrix library and, for float32 and int8, with Intel's MKL
-forced (`CT2_USE_MKL=1`; CTranslate2 picks oneDNN on AMD CPUs). Each (path, search) decodes the whole --src in a
+int8 and int8_float32, with CTranslate2's own choice of matrix library and the backend's thread layout (one batch
+per thread, batches decoded at once); for float32 and int8 also one batch at a time on every thread
+(`parallel_batches=1`), and with Intel's MKL forced (`CT2_USE_MKL=1`; CTranslate2 picks oneDNN on AMD CPUs). Each (path, search) decodes the whole --src in a
 process of its own (so its peak RSS is its own, model loading included), the paths alternating within each of --reps
 repetitions; a row gets the median sentences/s, its ratio to torch float32 with the same search, BLEU (sacreBLEU,
 the model's target-language tokenizer) and the peak RSS. Results: benchmarks/results/fast_decode_MODEL.json and the
 "Fast decoding" section of docs/benchmarks.md (report.publish). Threads: torch's default, and CTranslate2 as many
-(`attnmt.backends`).
+(`attnmt.backends.ctranslate2_threads`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ PATHS = {  # name → Translator.load options
     "ctranslate2 float32": {"backend": "ctranslate2", "compute_type": "float32"},
     "ctranslate2 int8": {"backend": "ctranslate2", "compute_type": "int8"},
     "ctranslate2 int8_float32": {"backend": "ctranslate2", "compute_type": "int8_float32"},
+    "ctranslate2 float32, one batch at a time": {"backend": "ctranslate2", "compute_type": "float32",
+                                                 "parallel_batches": 1},
+    "ctranslate2 int8, one batch at a time": {"backend": "ctranslate2", "compute_type": "int8", "parallel_batches": 1},
     "ctranslate2 float32, CT2_USE_MKL=1": {"backend": "ctranslate2", "compute_type": "float32"},
     "ctranslate2 int8, CT2_USE_MKL=1": {"backend": "ctranslate2", "compute_type": "int8"},
 }

@@ -148,6 +148,12 @@ def test_thread_layout():
         ctranslate2_threads(2, 3)
 
 
+def test_parallel_batches_belong_to_ctranslate2(exported):
+    with pytest.raises(AttnmtError, match="parallel_batches 1 is CTranslate2's: use it with backend"):
+        Translator.load(exported, device="cpu", parallel_batches=1)
+    assert Translator.load(exported, device="cpu", backend="ctranslate2", parallel_batches=1).engine.num_translators == 1
+
+
 def test_batches_decoded_at_once_translate_as_one_at_a_time(exported, transformer_model):
     """Two batches at once, one thread each (the default), give what one batch at a time on both threads gives."""
     texts = sources(transformer_model)
@@ -229,6 +235,14 @@ def test_cli_export_translate_evaluate_serve(transformer_model, tmp_path, capsys
     assert code == 2 and "--compute-type" in err and "Traceback" not in err
     code, _, err = run(capsys, "translate", model_dir, "--compute-type", "int8", "--input", src)
     assert code == 2 and "--backend ctranslate2" in err
+    code, out, err = run(capsys, "translate", model_dir, "--backend", "ctranslate2", "--parallel-batches", "1",
+                         "--beam-size", "1", "--input", src)
+    assert code == 0 and out.splitlines() == expected, err
+    for wrong, message in ((["--parallel-batches", "99"], "parallel_batches 99: choose 1 to"),
+                           (["--parallel-batches", "1"], "is CTranslate2's: use it with backend")):
+        backend = [] if message.startswith("is") else ["--backend", "ctranslate2"]
+        code, _, err = run(capsys, "translate", model_dir, *backend, *wrong, "--input", src)
+        assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_serve_with_ctranslate2(exported, transformer_model, monkeypatch, capsys):
@@ -252,8 +266,9 @@ def test_serve_with_ctranslate2(exported, transformer_model, monkeypatch, capsys
     import attnmt.serve
     seen = {}
     monkeypatch.setattr(attnmt.serve, "serve", lambda model_dir, **options: seen.update(options))
-    assert run(capsys, "serve", exported, "--backend", "ctranslate2", "--compute-type", "int8")[0] == 0
-    assert seen["backend"] == "ctranslate2" and seen["compute_type"] == "int8"
+    assert run(capsys, "serve", exported, "--backend", "ctranslate2", "--compute-type", "int8",
+               "--parallel-batches", "1")[0] == 0
+    assert seen["backend"] == "ctranslate2" and seen["compute_type"] == "int8" and seen["parallel_batches"] == 1
 
 
 def test_trace_refuses_a_ctranslate2_model_with_501(exported, transformer_model):

@@ -205,7 +205,7 @@ def _http_protocol(header_timeout_s: float) -> type:
 def serve(model_dir: str | Path | Sequence[str | Path], host: str = "127.0.0.1", port: int = 8000,
           settings: ServeSettings | None = None, log_level: str = "info", device: str = "auto",
           mixed_precision: str = "none", quantization: str = "none", backend: str = "torch",
-          compute_type: str | None = None) -> None:
+          compute_type: str | None = None, parallel_batches: int | None = None) -> None:
     """Load the model directory onto `device` (auto | cpu | cuda | cuda:N), translating in `mixed_precision` (none |
     bf16 | fp16) or `quantization` (none | int8: `Translator.load`), and serve it until interrupted (Ctrl-C). Host
     names not in `settings.allowed_hosts` (default: `default_allowed_hosts(host)`) get 421, a defence against DNS
@@ -221,7 +221,8 @@ def serve(model_dir: str | Path | Sequence[str | Path], host: str = "127.0.0.1",
     model_dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
     # a CheckpointError (an AttnmtError) for a bad directory, a QuantizationError for int8 where it cannot run
     translators = [Translator.load(one, device, mixed_precision, quantization=quantization, backend=backend,
-                                   compute_type=compute_type) for one in model_dirs]  # backend: attnmt.backends
+                                   compute_type=compute_type, parallel_batches=parallel_batches)
+                   for one in model_dirs]  # backend: attnmt.backends
     _check_port_free(host, port)
     if len(model_dirs) == 1:
         app = create_app(translators[0], settings, checkpoint.read_examples(model_dirs[0]))
