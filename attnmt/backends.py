@@ -32,8 +32,7 @@ with the model's sentencepiece files and calls `ctranslate2.Translator.translate
 Threads: CTranslate2 splits the sentences of one call into batches (`batch_size` sentences, sorted by length) and
 decodes `parallel_batches` of them at once, each on threads ÷ parallel_batches threads (its inter_threads and
 intra_threads; `ctranslate2_threads`). The default is one thread per batch, the faster layout for many sentences on
-a small CPU (docs/benchmarks.md, "Decoding paths side by side"); `parallel_batches=1` gives one batch every thread
-(a single batch finishes sooner in float32, not in int8).
+a small CPU (docs/export.md, "Speed"); `parallel_batches=1` decodes one batch at a time on all the threads.
 """
 
 from __future__ import annotations
