@@ -631,7 +631,8 @@ def _add_backend_argument(parser: argparse.ArgumentParser) -> None:
                              "(GPU), ...; default: the export's own")
     parser.add_argument("--parallel-batches", type=int, metavar="N",
                         help="with --backend ctranslate2: batches decoded at once, sharing the CPU threads (default: "
-                             "one per thread, the faster for many sentences; 1: one batch at a time on all the threads)")
+                             "one per thread, the faster for many sentences; 1: one batch at a time on all the "
+                             "threads)")
 
 
 def build_parser() -> argparse.ArgumentParser:

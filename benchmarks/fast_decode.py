@@ -3,12 +3,12 @@
     python benchmarks/fast_decode.py --model runs/MODEL --src test.src --ref test.ref [--limit N] [--reps 3]
 
 Paths (`PATHS`): torch float32 and torch int8 (`--quantization int8`: dynamic int8, attnmt/quantization.py; RNN and
-Transformer), and the model's CTranslate2 export (`attnmt export`, written here when missing or stale) in float32,
-int8 and int8_float32, with CTranslate2's own choice of matrix library and the backend's thread layout (one batch
-per thread, batches decoded at once); for float32 and int8 also one batch at a time on every thread
-(`parallel_batches=1`), and with Intel's MKL forced (`CT2_USE_MKL=1`; CTranslate2 picks oneDNN on AMD CPUs). Each (path, search) decodes the whole --src in a
-process of its own (so its peak RSS is its own, model loading included), the paths alternating within each of --reps
-repetitions; a row gets the median sentences/s, its ratio to torch float32 with the same search, BLEU (sacreBLEU,
+Transformer), and the model's CTranslate2 export (`attnmt export`, written here when missing or stale) in float32, int8
+and int8_float32, with CTranslate2's own choice of matrix library and the backend's thread layout (one batch per thread,
+batches decoded at once); for float32 and int8 also one batch at a time on all the threads (`parallel_batches=1`), and
+with Intel's MKL forced (`CT2_USE_MKL=1`; CTranslate2 picks oneDNN on AMD CPUs). Each (path, search) decodes the whole
+--src in a process of its own (so its peak RSS is its own, model loading included), the paths alternating within each of
+--reps repetitions; a row gets the median sentences/s, its ratio to torch float32 with the same search, BLEU (sacreBLEU,
 the model's target-language tokenizer) and the peak RSS. Results: benchmarks/results/fast_decode_MODEL.json and the
 "Fast decoding" section of docs/benchmarks.md (report.publish). Threads: torch's default, and CTranslate2 as many
 (`attnmt.backends.ctranslate2_threads`).

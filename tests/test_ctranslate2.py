@@ -151,7 +151,8 @@ def test_thread_layout():
 def test_parallel_batches_belong_to_ctranslate2(exported):
     with pytest.raises(AttnmtError, match="parallel_batches 1 is CTranslate2's: use it with backend"):
         Translator.load(exported, device="cpu", parallel_batches=1)
-    assert Translator.load(exported, device="cpu", backend="ctranslate2", parallel_batches=1).engine.num_translators == 1
+    serial = Translator.load(exported, device="cpu", backend="ctranslate2", parallel_batches=1)
+    assert serial.engine.num_translators == 1
 
 
 def test_batches_decoded_at_once_translate_as_one_at_a_time(exported, transformer_model):

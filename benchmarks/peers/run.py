@@ -382,8 +382,8 @@ def fastdecode_lines(results: dict) -> list[str]:
              "CTranslate2 runs with its own choice of matrix library for attnmt and OpenNMT-py alike (oneDNN on "
              "an AMD CPU), and with attnmt's thread layout for both: one call for all the sentences, sorted by "
              "length into batches of the same size, one batch per thread decoded at once "
-             "(`attnmt.backends.ctranslate2_threads`). Its beam search ranks by log p / length where attnmt and OpenNMT-py use "
-             "((5 + length) / 6): beam-5 BLEU of a CTranslate2 path can differ from its PyTorch path for that "
+             "(`attnmt.backends.ctranslate2_threads`). Its beam search ranks by log p / length where attnmt and "
+             "OpenNMT-py use ((5 + length) / 6): beam-5 BLEU of a CTranslate2 path can differ from its PyTorch path for that "
              "reason too.", "", "Runs:", "", *[f"- `{c}` ({d})" for c, d in commands], ""]
     for arch_name in ARCHS:
         arch_rows = [r for r in rows if r["arch"] == arch_name]
